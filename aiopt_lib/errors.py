@@ -1,0 +1,65 @@
+"""Errors that reach the user.
+
+Every error about input data names where the problem is: the file, the row (a line number for text
+files, a record index for binary ones) and the field, so that a researcher can open the file and
+look. The CLI prints ``str(error)`` as one line and exits non-zero; tracebacks only with ``--debug``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class AioptError(Exception):
+    """Base class of the errors aiopt raises on purpose (bad input, bad configuration)."""
+
+
+class DataError(AioptError):
+    """Bad input data, located by file, row and field where they are known.
+
+    ``row`` is the 1-based line number for text files and the 0-based record index for binary
+    files and frames; ``row_kind`` says which ("line" or "record" / "row").
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        file: str | Path | None = None,
+        row: int | None = None,
+        field: str | None = None,
+        value: object = None,
+        row_kind: str = "line",
+    ) -> None:
+        self.message = message
+        self.file = str(file) if file is not None else None
+        self.row = row
+        self.field = field
+        self.value = value
+        self.row_kind = row_kind
+        super().__init__(self._render())
+
+    def _render(self) -> str:
+        where = []
+        if self.file is not None:
+            where.append(self.file)
+        if self.row is not None:
+            where.append(f"{self.row_kind} {self.row}")
+        if self.field is not None:
+            where.append(f"field '{self.field}'")
+        prefix = ", ".join(where)
+        text = self.message
+        if self.value is not None:
+            shown = repr(self.value)
+            if len(shown) > 60:
+                shown = shown[:57] + "..."
+            text = f"{text} (got {shown})"
+        return f"{prefix}: {text}" if prefix else text
+
+
+class BarsSchemaError(DataError):
+    """A frame does not follow the canonical bars (or ticks) schema."""
+
+
+class ConfigError(AioptError):
+    """A run configuration or a command-line option is invalid."""
