@@ -1,0 +1,218 @@
+"""The ``aiopt`` command line.
+
+    aiopt data info FILE            what a data file holds
+    aiopt data validate FILE        the validation report; exit 0 clean (or only expected gaps), 1 problems
+    aiopt data dukascopy SYMBOL     download (or read from the cache) Dukascopy data into Parquet
+    aiopt run --config FILE         execute the notebooks of a run with papermill, render HTML reports
+
+Errors print one line (``aiopt: error: ...``) and exit 2; ``--debug`` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+from aiopt_lib import __version__
+from aiopt_lib.errors import AioptError
+
+EXIT_OK = 0
+EXIT_PROBLEMS = 1
+EXIT_ERROR = 2
+
+
+def _source_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("source", help="a CSV, Parquet or .bi5 file, a Dukascopy cache folder, or 'sample'")
+    parser.add_argument("--format", help="force the format: dukascopy_csv, histdata, mt4, mt5, generic, parquet")
+    parser.add_argument("--symbol", help="instrument, e.g. EURUSD (Dukascopy folders need it)")
+    parser.add_argument("--timeframe", help="bar timeframe, e.g. 1m, 1h (ticks are aggregated to it)")
+    parser.add_argument("--side", choices=["bid", "ask", "mid", "both"], help="price side where the source has both")
+    parser.add_argument("--tz", help="time zone of naive timestamps in the file (default: the format's, else UTC)")
+    parser.add_argument("--start", help="first time to keep (inclusive), ISO")
+    parser.add_argument("--end", help="time to stop at (exclusive), ISO")
+
+
+def _source_kwargs(args: argparse.Namespace) -> dict[str, object]:
+    names = ("format", "symbol", "timeframe", "side", "tz", "start", "end")
+    return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``aiopt`` (exposed for tests and documentation)."""
+    parser = argparse.ArgumentParser(
+        prog="aiopt",
+        description="AI Indicator Optimizer: FX strategy research workbench.",
+    )
+    parser.add_argument("--version", action="version", version=f"aiopt {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    data = commands.add_parser("data", help="inspect, validate and fetch market data")
+    data_commands = data.add_subparsers(dest="data_command", required=True, metavar="SUBCOMMAND")
+
+    info = data_commands.add_parser("info", help="what a data file holds")
+    _source_options(info)
+    info.add_argument("--json", action="store_true", help="print JSON")
+
+    validate = data_commands.add_parser(
+        "validate", help="validation report; exit 0 when clean or only expected gaps, 1 when problems were found"
+    )
+    _source_options(validate)
+    validate.add_argument("--json", action="store_true", help="print the report as JSON")
+    validate.add_argument("--max-items", type=int, default=30, help="items listed in the text report")
+
+    duka = data_commands.add_parser("dukascopy", help="download Dukascopy data (or read the cache) into Parquet")
+    duka.add_argument("symbol", help="instrument, e.g. EURUSD")
+    duka.add_argument("--start", required=True, help="start, inclusive (ISO date or time, UTC)")
+    duka.add_argument("--end", required=True, help="end, exclusive (ISO date or time, UTC)")
+    duka.add_argument("--timeframe", default="h1", choices=["tick", "m1", "h1", "d1"])
+    duka.add_argument("--side", default="bid", choices=["bid", "ask", "both"])
+    duka.add_argument("--cache", default=".cache/dukascopy", help="datafeed mirror folder")
+    duka.add_argument("--out", required=True, help="Parquet file to write")
+    duka.add_argument("--offline", action="store_true", help="read the cache only; name the first missing file")
+    duka.add_argument("--workers", type=int, default=4, help="parallel downloads")
+    duka.add_argument("--base-url", help="datafeed base URL (default: Dukascopy's)")
+    duka.add_argument("--point-value", type=int, help="price divisor for instruments not in the table")
+    duka.add_argument("--no-progress", action="store_true")
+
+    run = commands.add_parser("run", help="run the notebooks of a configuration with papermill")
+    run.add_argument("--config", default="papermill_runs/default.yaml", help="run configuration (YAML)")
+    run.add_argument(
+        "-p", "--parameter", action="append", default=[], metavar="KEY=VALUE",
+        help="override a parameter (NOTEBOOK.KEY=VALUE for one notebook); repeatable",
+    )
+    run.add_argument("--run-id", help="use this run id instead of time+hash")
+    run.add_argument("--runs-dir", default="papermill_runs", help="where executed notebooks go")
+    run.add_argument("--reports-dir", default="reports", help="where HTML reports go")
+    run.add_argument("--show-code", action="store_true", help="show code cells in the HTML reports")
+    return parser
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    from aiopt_lib.explore import describe_bars
+    from aiopt_lib.sources import load_bars_report
+
+    loaded = load_bars_report(args.source, **_source_kwargs(args))
+    bars = loaded.bars
+    summary = describe_bars(bars, symbol=args.symbol or "EURUSD").to_dicts()[0]
+    info = {
+        "source": loaded.source,
+        "format": loaded.format,
+        "rows_in_source": loaded.raw_rows,
+        "columns": bars.columns,
+        **{k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in summary.items()},
+        "cleaning": loaded.report.summary(),
+    }
+    if args.json:
+        print(json.dumps(info, indent=2, default=str))
+    else:
+        width = max(len(k) for k in info)
+        for key, value in info.items():
+            if isinstance(value, float):
+                value = f"{value:.6g}"
+            print(f"{key:<{width}}  {value}")
+    return EXIT_OK
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    from aiopt_lib.cleaning import validate_bars
+    from aiopt_lib.sources import read_source
+
+    kwargs = _source_kwargs(args)
+    timeframe = kwargs.pop("timeframe", None)
+    raw = read_source(args.source, timeframe=timeframe, **kwargs)
+    report = validate_bars(raw.frame, source=raw.source)
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2, default=str))
+    else:
+        print(report.to_text(max_items=args.max_items))
+    return EXIT_OK if report.is_clean else EXIT_PROBLEMS
+
+
+def _cmd_dukascopy(args: argparse.Namespace) -> int:
+    from aiopt_lib import dukascopy
+    from aiopt_lib.atomic import write_parquet_atomic
+
+    options: dict[str, object] = {}
+    if args.base_url:
+        options["base_url"] = args.base_url
+    result = dukascopy.download(
+        args.symbol,
+        args.start,
+        args.end,
+        timeframe=args.timeframe,
+        side=args.side,
+        cache_dir=args.cache,
+        offline=args.offline,
+        workers=args.workers,
+        progress=not args.no_progress,
+        point_value=args.point_value,
+        **options,
+    )
+    out = write_parquet_atomic(
+        result.frame,
+        args.out,
+        metadata={
+            "aiopt.source": "dukascopy",
+            "aiopt.symbol": args.symbol.upper(),
+            "aiopt.timeframe": args.timeframe,
+            "aiopt.side": args.side,
+        },
+    )
+    print(
+        f"{result.frame.height} rows -> {out} "
+        f"({result.files} files: {result.downloaded} downloaded, {result.from_cache} from cache, {result.empty} empty)"
+    )
+    return EXIT_OK
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from aiopt_lib.runner import load_run_config, run_pipeline
+
+    config = load_run_config(args.config, args.parameter)
+
+    def log(message: str) -> None:
+        print(message, file=sys.stderr, flush=True)
+
+    result = run_pipeline(
+        config,
+        runs_dir=args.runs_dir,
+        reports_dir=args.reports_dir,
+        run_id=args.run_id,
+        show_code=True if args.show_code else None,
+        log=log,
+    )
+    print(f"run {result.run_id}: executed notebooks in {result.run_dir}")
+    for step in result.steps:
+        print(f"  {step.report}")
+    print(f"report: {result.index}")
+    return EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``aiopt`` console script; returns the exit code."""
+    parser = build_parser()
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    # --debug is accepted anywhere on the line, not only before the command.
+    debug = "--debug" in arguments
+    args = parser.parse_args([a for a in arguments if a != "--debug"])
+    args.debug = debug
+    handlers = {"info": _cmd_info, "validate": _cmd_validate, "dukascopy": _cmd_dukascopy}
+    handler = handlers[args.data_command] if args.command == "data" else _cmd_run
+    try:
+        return handler(args)
+    except (AioptError, FileNotFoundError, ValueError) as exc:
+        if args.debug:
+            raise
+        message = str(exc) if not isinstance(exc, FileNotFoundError) else f"{exc.filename}: file not found"
+        print(f"aiopt: error: {' '.join(message.split())}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("aiopt: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

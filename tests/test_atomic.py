@@ -1,0 +1,31 @@
+import polars as pl
+import pytest
+
+from aiopt_lib.atomic import atomic_open, write_parquet_atomic, write_text_atomic
+
+
+def test_failed_write_leaves_the_old_file_and_no_temp(tmp_path):
+    target = tmp_path / "report.txt"
+    write_text_atomic(target, "complete")
+    with pytest.raises(RuntimeError), atomic_open(target, "w") as fh:
+        fh.write("half")
+        raise RuntimeError("interrupted")
+    assert target.read_text() == "complete"
+    assert [p.name for p in tmp_path.iterdir()] == ["report.txt"]
+
+
+def test_failed_first_write_creates_nothing(tmp_path):
+    target = tmp_path / "sub" / "x.parquet"
+    frame = pl.DataFrame({"a": [1, 2]})
+    with pytest.raises(RuntimeError), atomic_open(target, "wb") as fh:
+        fh.write(b"PAR1")
+        raise RuntimeError("killed")
+    assert not target.exists()
+    write_parquet_atomic(frame, target, metadata={"k": "v"})
+    assert pl.read_parquet(target).equals(frame)
+    assert pl.read_parquet_metadata(target)["k"] == "v"
+
+
+def test_atomic_open_refuses_append(tmp_path):
+    with pytest.raises(ValueError, match="write mode"), atomic_open(tmp_path / "x", "a"):
+        pass
