@@ -123,7 +123,12 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     kwargs = _source_kwargs(args)
     timeframe = kwargs.pop("timeframe", None)
     raw = read_source(args.source, timeframe=timeframe, **kwargs)
-    report = validate_bars(raw.frame, source=raw.source)
+    frame = raw.frame
+    if raw.is_ticks:
+        from aiopt_lib.resample import ticks_to_bars
+
+        frame = ticks_to_bars(frame, timeframe or "1m", price=args.side or "bid")
+    report = validate_bars(frame, source=raw.source, timeframe=timeframe, row_kind=raw.row_kind)
     if args.json:
         print(json.dumps(report.to_dict(), indent=2, default=str))
     else:

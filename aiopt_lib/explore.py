@@ -53,7 +53,11 @@ def hour_of_week_profile(bars: pl.DataFrame, *, symbol: str | None = "EURUSD") -
     spread = (pl.col("spread") / pip).median() if "spread" in bars.columns else pl.lit(None, dtype=pl.Float64)
     return (
         bars.with_columns(
-            ((pl.col("ts").dt.weekday() - 1) * 24 + pl.col("ts").dt.hour()).alias("hour_of_week")
+            # weekday() and hour() are Int8: widen before multiplying (6 * 24 overflows Int8)
+            (
+                (pl.col("ts").dt.weekday().cast(pl.Int32) - 1) * 24
+                + pl.col("ts").dt.hour().cast(pl.Int32)
+            ).alias("hour_of_week")
         )
         .group_by("hour_of_week")
         .agg(
