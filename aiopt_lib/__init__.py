@@ -20,11 +20,24 @@ from aiopt_lib.bars import (
     parse_timeframe,
     timeframe_label,
 )
-from aiopt_lib.cleaning import CleaningPolicy, ValidationReport, classify_gaps, clean_bars, validate_bars
+from aiopt_lib.cleaning import (
+    CleaningPolicy,
+    ValidationReport,
+    classify_gaps,
+    clean_bars,
+    validate_bars,
+)
 from aiopt_lib.errors import AioptError, BarsSchemaError, ConfigError, DataError
 from aiopt_lib.explore import describe_bars, hour_of_week_profile
 from aiopt_lib.resample import resample_bars, ticks_to_bars
-from aiopt_lib.sources import LoadedBars, list_samples, load_bars, load_bars_report, load_sample, read_source
+from aiopt_lib.sources import (
+    LoadedBars,
+    list_samples,
+    load_bars,
+    load_bars_report,
+    load_sample,
+    read_source,
+)
 
 __version__ = "0.1.0"
 

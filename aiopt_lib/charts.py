@@ -43,7 +43,7 @@ def _offline_renderer(spec: dict[str, Any], **_: Any) -> dict[str, str]:
         # Wrapped in a function so the bundle's top-level consts cannot clash if a page holds it
         # twice (e.g. two notebooks' outputs pasted together); the guard skips the second copy.
         parts.append(
-            "<script type=\"text/javascript\">if (!window.vegaEmbed) { (function(){\n"
+            '<script type="text/javascript">if (!window.vegaEmbed) { (function(){\n'
             + _vega_bundle()
             + "\n})(); }</script>"
         )
@@ -70,8 +70,16 @@ def enable_offline_altair() -> None:
     alt.data_transformers.disable_max_rows()
 
 
-def _to_pandas_utc(frame: pl.DataFrame) -> Any:
-    return frame.to_pandas()
+def _inline(frame: pl.DataFrame) -> alt.InlineData:
+    """Chart data inlined in the spec, datetimes as ISO-8601 UTC strings.
+
+    Inline data is not subject to Altair's row limit, so a chart does not depend on the global
+    data-transformer setting (which notebooks and tests may not have changed).
+    """
+    converted = frame.with_columns(
+        pl.col(pl.Datetime).dt.convert_time_zone("UTC").dt.strftime("%Y-%m-%dT%H:%M:%SZ")
+    )
+    return alt.InlineData(values=converted.to_dicts())
 
 
 def _downsample_close(bars: pl.DataFrame, max_points: int) -> pl.DataFrame:
@@ -86,7 +94,12 @@ def _downsample_close(bars: pl.DataFrame, max_points: int) -> pl.DataFrame:
     highs = framed.group_by("_b").agg(
         pl.col("ts").get(pl.col("high").arg_max()).alias("ts"), pl.col("high").max().alias("close")
     )
-    return pl.concat([lows, highs]).sort("ts").select("ts", "close").unique("ts", keep="first", maintain_order=True)
+    return (
+        pl.concat([lows, highs])
+        .sort("ts")
+        .select("ts", "close")
+        .unique("ts", keep="first", maintain_order=True)
+    )
 
 
 def price_chart(
@@ -103,7 +116,7 @@ def price_chart(
     ``kind``); each gap is drawn from the end of the bar before it to the open of the bar after it.
     """
     ensure_bars(bars)
-    line_data = _downsample_close(bars, max_points).to_pandas()
+    line_data = _inline(_downsample_close(bars, max_points))
     zoom = alt.selection_interval(bind="scales", encodings=["x"])
     line = (
         alt.Chart(line_data)
@@ -111,7 +124,10 @@ def price_chart(
         .encode(
             x=alt.X("ts:T", title=None),
             y=alt.Y("close:Q", scale=alt.Scale(zero=False), title=title),
-            tooltip=[alt.Tooltip("ts:T", format="%Y-%m-%d %H:%M"), alt.Tooltip("close:Q", format=".5f")],
+            tooltip=[
+                alt.Tooltip("ts:T", format="%Y-%m-%d %H:%M"),
+                alt.Tooltip("close:Q", format=".5f"),
+            ],
         )
         .add_params(zoom)
         .properties(height=height, width="container")
@@ -124,7 +140,8 @@ def price_chart(
         pl.col("gap_end").alias("to"),
         pl.col("kind"),
         pl.col("missing_bars"),
-    ).to_pandas()
+    )
+    shade = _inline(shade)
     rects = (
         alt.Chart(shade)
         .mark_rect(opacity=0.45)
@@ -136,8 +153,12 @@ def price_chart(
                 scale=alt.Scale(domain=list(GAP_COLOURS), range=list(GAP_COLOURS.values())),
                 title="gap",
             ),
-            tooltip=["kind:N", "missing_bars:Q", alt.Tooltip("from:T", format="%Y-%m-%d %H:%M"),
-                     alt.Tooltip("to:T", format="%Y-%m-%d %H:%M")],
+            tooltip=[
+                "kind:N",
+                "missing_bars:Q",
+                alt.Tooltip("from:T", format="%Y-%m-%d %H:%M"),
+                alt.Tooltip("to:T", format="%Y-%m-%d %H:%M"),
+            ],
         )
     )
     return alt.layer(rects, line).properties(title=f"{title} with gaps shaded by kind")
@@ -146,16 +167,22 @@ def price_chart(
 def hour_of_week_chart(profile: pl.DataFrame, *, width: int = 700) -> alt.VConcatChart:
     """Bar panels of a :func:`aiopt_lib.explore.hour_of_week_profile`: volume, range and (when the
     data has it) spread by hour of the week (UTC), Monday 00:00 first."""
-    data = profile.to_pandas()
+    data = _inline(profile)
     metrics = [("median_volume", "median volume"), ("median_range_pips", "median range (pips)")]
-    if "median_spread_pips" in profile.columns and profile["median_spread_pips"].null_count() < profile.height:
+    if (
+        "median_spread_pips" in profile.columns
+        and profile["median_spread_pips"].null_count() < profile.height
+    ):
         metrics.append(("median_spread_pips", "median spread (pips)"))
     panels = [
         alt.Chart(data)
         .mark_bar(color=colour)
         .encode(
-            x=alt.X("hour_of_week:O", title="hour of week (UTC, Mon 00:00 = 0)",
-                    axis=alt.Axis(values=list(range(0, 168, 24)), labelAngle=0)),
+            x=alt.X(
+                "hour_of_week:O",
+                title="hour of week (UTC, Mon 00:00 = 0)",
+                axis=alt.Axis(values=list(range(0, 168, 24)), labelAngle=0),
+            ),
             y=alt.Y(f"{name}:Q", title=label),
             tooltip=["day:N", "hour:Q", alt.Tooltip(f"{name}:Q", format=".3g"), "bars:Q"],
         )

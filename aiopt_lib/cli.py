@@ -24,12 +24,22 @@ EXIT_ERROR = 2
 
 
 def _source_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("source", help="a CSV, Parquet or .bi5 file, a Dukascopy cache folder, or 'sample'")
-    parser.add_argument("--format", help="force the format: dukascopy_csv, histdata, mt4, mt5, generic, parquet")
+    parser.add_argument(
+        "source", help="a CSV, Parquet or .bi5 file, a Dukascopy cache folder, or 'sample'"
+    )
+    parser.add_argument(
+        "--format", help="force the format: dukascopy_csv, histdata, mt4, mt5, generic, parquet"
+    )
     parser.add_argument("--symbol", help="instrument, e.g. EURUSD (Dukascopy folders need it)")
-    parser.add_argument("--timeframe", help="bar timeframe, e.g. 1m, 1h (ticks are aggregated to it)")
-    parser.add_argument("--side", choices=["bid", "ask", "mid", "both"], help="price side where the source has both")
-    parser.add_argument("--tz", help="time zone of naive timestamps in the file (default: the format's, else UTC)")
+    parser.add_argument(
+        "--timeframe", help="bar timeframe, e.g. 1m, 1h (ticks are aggregated to it)"
+    )
+    parser.add_argument(
+        "--side", choices=["bid", "ask", "mid", "both"], help="price side where the source has both"
+    )
+    parser.add_argument(
+        "--tz", help="time zone of naive timestamps in the file (default: the format's, else UTC)"
+    )
     parser.add_argument("--start", help="first time to keep (inclusive), ISO")
     parser.add_argument("--end", help="time to stop at (exclusive), ISO")
 
@@ -57,13 +67,18 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--json", action="store_true", help="print JSON")
 
     validate = data_commands.add_parser(
-        "validate", help="validation report; exit 0 when clean or only expected gaps, 1 when problems were found"
+        "validate",
+        help="validation report; exit 0 when clean or only expected gaps, 1 when problems were found",
     )
     _source_options(validate)
     validate.add_argument("--json", action="store_true", help="print the report as JSON")
-    validate.add_argument("--max-items", type=int, default=30, help="items listed in the text report")
+    validate.add_argument(
+        "--max-items", type=int, default=30, help="items listed in the text report"
+    )
 
-    duka = data_commands.add_parser("dukascopy", help="download Dukascopy data (or read the cache) into Parquet")
+    duka = data_commands.add_parser(
+        "dukascopy", help="download Dukascopy data (or read the cache) into Parquet"
+    )
     duka.add_argument("symbol", help="instrument, e.g. EURUSD")
     duka.add_argument("--start", required=True, help="start, inclusive (ISO date or time, UTC)")
     duka.add_argument("--end", required=True, help="end, exclusive (ISO date or time, UTC)")
@@ -71,16 +86,26 @@ def build_parser() -> argparse.ArgumentParser:
     duka.add_argument("--side", default="bid", choices=["bid", "ask", "both"])
     duka.add_argument("--cache", default=".cache/dukascopy", help="datafeed mirror folder")
     duka.add_argument("--out", required=True, help="Parquet file to write")
-    duka.add_argument("--offline", action="store_true", help="read the cache only; name the first missing file")
+    duka.add_argument(
+        "--offline", action="store_true", help="read the cache only; name the first missing file"
+    )
     duka.add_argument("--workers", type=int, default=4, help="parallel downloads")
     duka.add_argument("--base-url", help="datafeed base URL (default: Dukascopy's)")
-    duka.add_argument("--point-value", type=int, help="price divisor for instruments not in the table")
+    duka.add_argument(
+        "--point-value", type=int, help="price divisor for instruments not in the table"
+    )
     duka.add_argument("--no-progress", action="store_true")
 
     run = commands.add_parser("run", help="run the notebooks of a configuration with papermill")
-    run.add_argument("--config", default="papermill_runs/default.yaml", help="run configuration (YAML)")
     run.add_argument(
-        "-p", "--parameter", action="append", default=[], metavar="KEY=VALUE",
+        "--config", default="papermill_runs/default.yaml", help="run configuration (YAML)"
+    )
+    run.add_argument(
+        "-p",
+        "--parameter",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
         help="override a parameter (NOTEBOOK.KEY=VALUE for one notebook); repeatable",
     )
     run.add_argument("--run-id", help="use this run id instead of time+hash")
@@ -211,7 +236,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (AioptError, FileNotFoundError, ValueError) as exc:
         if args.debug:
             raise
-        message = str(exc) if not isinstance(exc, FileNotFoundError) else f"{exc.filename}: file not found"
+        message = (
+            str(exc)
+            if not isinstance(exc, FileNotFoundError)
+            else f"{exc.filename}: file not found"
+        )
         print(f"aiopt: error: {' '.join(message.split())}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:

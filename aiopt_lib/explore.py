@@ -36,9 +36,13 @@ def describe_bars(bars: pl.DataFrame, *, symbol: str | None = "EURUSD") -> pl.Da
         pl.col("volume").sum().alias("total_volume"),
     )
     if "spread" in bars.columns:
-        stats = stats.with_columns((bars["spread"].mean() / pip).alias("mean_spread_pips"))
+        stats = stats.with_columns(
+            pl.lit(bars["spread"].mean() / pip, dtype=pl.Float64).alias("mean_spread_pips")
+        )
     return stats.with_columns(
-        pl.lit(timeframe_label(timeframe) if timeframe else None, dtype=pl.String).alias("timeframe")
+        pl.lit(timeframe_label(timeframe) if timeframe else None, dtype=pl.String).alias(
+            "timeframe"
+        )
     )
 
 
@@ -50,7 +54,11 @@ def hour_of_week_profile(bars: pl.DataFrame, *, symbol: str | None = "EURUSD") -
     """
     ensure_bars(bars)
     pip = pip_size(symbol)
-    spread = (pl.col("spread") / pip).median() if "spread" in bars.columns else pl.lit(None, dtype=pl.Float64)
+    spread = (
+        (pl.col("spread") / pip).median()
+        if "spread" in bars.columns
+        else pl.lit(None, dtype=pl.Float64)
+    )
     return (
         bars.with_columns(
             # weekday() and hour() are Int8: widen before multiplying (6 * 24 overflows Int8)

@@ -76,7 +76,9 @@ def ticks_to_bars(
         _bucket(td, "utc").alias("_bar"),
     )
     main = {"bid": "bid", "ask": "ask", "mid": "mid", "both": "bid"}[price]
-    volume = {"bid": "bid_volume", "ask": "ask_volume", "mid": "mid_volume", "both": "bid_volume"}[price]
+    volume = {"bid": "bid_volume", "ask": "ask_volume", "mid": "mid_volume", "both": "bid_volume"}[
+        price
+    ]
     aggs = [
         pl.col(main).first().alias("open"),
         pl.col(main).max().alias("high"),
@@ -93,12 +95,7 @@ def ticks_to_bars(
                 pl.col(side).last().alias(f"{side}_close"),
             ]
     aggs.append(pl.col("_spread").mean().alias("spread"))
-    bars = (
-        frame.group_by("_bar", maintain_order=True)
-        .agg(aggs)
-        .rename({"_bar": "ts"})
-        .sort("ts")
-    )
+    bars = frame.group_by("_bar", maintain_order=True).agg(aggs).rename({"_bar": "ts"}).sort("ts")
     return ensure_bars(canonical_column_order(bars))
 
 
@@ -136,7 +133,18 @@ def resample_bars(
         aggs.append(pl.col("spread").mean())
     if "flags" in bars.columns:
         aggs.append(pl.col("flags").bitwise_or())
-    known = {"ts", "open", "high", "low", "close", "volume", "spread", "flags", *BID_COLUMNS, *ASK_COLUMNS}
+    known = {
+        "ts",
+        "open",
+        "high",
+        "low",
+        "close",
+        "volume",
+        "spread",
+        "flags",
+        *BID_COLUMNS,
+        *ASK_COLUMNS,
+    }
     dropped = [c for c in bars.columns if c not in known]
     if dropped:
         raise ValueError(

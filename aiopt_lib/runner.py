@@ -110,7 +110,19 @@ def parse_override(text: str) -> tuple[str, Any]:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError:
         value = raw
-    return key, value
+    return key, _plain(value)
+
+
+def _plain(value: Any) -> Any:
+    """YAML reads 2019-02-04 as a date; notebooks receive parameters as JSON, so dates become ISO
+    strings (which every aiopt function accepts)."""
+    if isinstance(value, dt.date | dt.datetime):
+        return value.isoformat()
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
 
 
 def _declared_parameters(path: Path) -> set[str]:
@@ -142,7 +154,7 @@ def load_run_config(
     if unknown:
         raise ConfigError(f"{config_path}: unknown key(s) {sorted(unknown)}")
     notebooks_dir = (config_path.parent / raw.get("notebooks_dir", "../notebooks")).resolve()
-    shared = dict(raw.get("parameters") or {})
+    shared = _plain(dict(raw.get("parameters") or {}))
     entries = raw.get("notebooks") or []
     if not entries:
         raise ConfigError(f"{config_path}: 'notebooks' lists no notebook")
@@ -168,7 +180,7 @@ def load_run_config(
         if not nb_path.is_file():
             raise ConfigError(f"{config_path}: notebooks[{index}]: {nb_path} does not exist")
         declared = _declared_parameters(nb_path)
-        own = {**dict(entry.get("parameters") or {}), **per_notebook.pop(name, {})}
+        own = {**_plain(dict(entry.get("parameters") or {})), **per_notebook.pop(name, {})}
         undeclared = sorted(set(own) - declared)
         if undeclared:
             raise ConfigError(
@@ -177,7 +189,9 @@ def load_run_config(
             )
         reserved = sorted(set(own) & set(RESERVED_PARAMETERS))
         if reserved:
-            raise ConfigError(f"{config_path}: {reserved} is set by the runner, not the configuration")
+            raise ConfigError(
+                f"{config_path}: {reserved} is set by the runner, not the configuration"
+            )
         params = {k: v for k, v in shared.items() if k in declared and k not in RESERVED_PARAMETERS}
         used_shared |= set(params)
         params.update(own)
@@ -226,7 +240,9 @@ def _strip_external_scripts(page: str) -> str:
     return re.sub(r'<script[^>]+src="https?://[^"]*"[^>]*>\s*</script>', "", page)
 
 
-def _write_index(result_dir: Path, run_id: str, config: RunConfig, steps: Sequence[StepResult]) -> Path:
+def _write_index(
+    result_dir: Path, run_id: str, config: RunConfig, steps: Sequence[StepResult]
+) -> Path:
     rows = []
     for step in steps:
         status = "ok" if step.ok else f"FAILED: {html.escape(step.error or '')}"
@@ -287,7 +303,9 @@ def run_pipeline(
                 "config": config.name,
                 "config_file": str(config.source_file),
                 "fingerprint": config.fingerprint(),
-                "steps": [{"notebook": s.name, "parameters": dict(s.parameters)} for s in config.steps],
+                "steps": [
+                    {"notebook": s.name, "parameters": dict(s.parameters)} for s in config.steps
+                ],
             },
             indent=2,
             default=str,
@@ -319,7 +337,9 @@ def run_pipeline(
         notebook_to_html(out_nb, out_html, show_code=show or error is not None)
         results.append(StepResult(step.name, out_nb, out_html, seconds, error is None, error))
         if log:
-            log(f"[{step.name}] {'done' if error is None else 'FAILED'} in {seconds:.1f} s -> {out_html}")
+            log(
+                f"[{step.name}] {'done' if error is None else 'FAILED'} in {seconds:.1f} s -> {out_html}"
+            )
         if error is not None:
             _write_index(report_dir, run_id, config, results)
             raise StageFailedError(

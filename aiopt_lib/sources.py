@@ -1360,7 +1360,12 @@ def _read_dukascopy(
         if start is None or end is None:
             raise ConfigError("a Dukascopy datafeed directory needs start= and end=")
         cache_dir, symbol = _datafeed_root(path, symbol)
-        want_ticks = from_ticks or (timeframe is not None and timeframe.lower() in _TICK_TIMEFRAMES)
+        # mid prices exist only in the ticks (candle files hold one side each)
+        want_ticks = (
+            from_ticks
+            or side == "mid"
+            or (timeframe is not None and timeframe.lower() in _TICK_TIMEFRAMES)
+        )
         load_timeframe = "tick" if want_ticks else _datafeed_timeframe(timeframe)
         if not want_ticks and side not in (None, "bid", "ask", "both"):
             raise ConfigError(f"datafeed candles are 'bid', 'ask' or 'both', not side={side!r}")

@@ -29,7 +29,7 @@ def write_csv(path: Path, rows: int, seed: int = 7) -> None:
     start = dt.datetime(2015, 1, 5)
     minutes = np.arange(rows * 2)
     ts = np.datetime64(start) + minutes.astype("timedelta64[m]")
-    weekday = ((ts.astype("datetime64[D]").astype(np.int64) - 4) % 7)  # 0 = Monday
+    weekday = (ts.astype("datetime64[D]").astype(np.int64) - 4) % 7  # 0 = Monday
     ts = ts[weekday < 5][:rows]
     close = 1.1 + np.cumsum(rng.normal(0, 5e-5, rows))
     open_ = np.concatenate([[1.1], close[:-1]])

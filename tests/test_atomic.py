@@ -7,9 +7,14 @@ from aiopt_lib.atomic import atomic_open, write_parquet_atomic, write_text_atomi
 def test_failed_write_leaves_the_old_file_and_no_temp(tmp_path):
     target = tmp_path / "report.txt"
     write_text_atomic(target, "complete")
-    with pytest.raises(RuntimeError), atomic_open(target, "w") as fh:
-        fh.write("half")
-        raise RuntimeError("interrupted")
+
+    def interrupted_write() -> None:
+        with atomic_open(target, "w") as fh:
+            fh.write("half")
+            raise RuntimeError("interrupted")
+
+    with pytest.raises(RuntimeError):
+        interrupted_write()
     assert target.read_text() == "complete"
     assert [p.name for p in tmp_path.iterdir()] == ["report.txt"]
 
@@ -17,9 +22,14 @@ def test_failed_write_leaves_the_old_file_and_no_temp(tmp_path):
 def test_failed_first_write_creates_nothing(tmp_path):
     target = tmp_path / "sub" / "x.parquet"
     frame = pl.DataFrame({"a": [1, 2]})
-    with pytest.raises(RuntimeError), atomic_open(target, "wb") as fh:
-        fh.write(b"PAR1")
-        raise RuntimeError("killed")
+
+    def killed_write() -> None:
+        with atomic_open(target, "wb") as fh:
+            fh.write(b"PAR1")
+            raise RuntimeError("killed")
+
+    with pytest.raises(RuntimeError):
+        killed_write()
     assert not target.exists()
     write_parquet_atomic(frame, target, metadata={"k": "v"})
     assert pl.read_parquet(target).equals(frame)

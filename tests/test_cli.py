@@ -101,8 +101,21 @@ def test_dukascopy_offline_from_cache(tmp_path, dukascopy_dir, capsys):
     out = tmp_path / "m1.parquet"
     code = main(
         [
-            "data", "dukascopy", "EURUSD", "--start", "2019-02-04", "--end", "2019-02-06",
-            "--timeframe", "m1", "--cache", str(cache), "--out", str(out), "--offline", "--no-progress",
+            "data",
+            "dukascopy",
+            "EURUSD",
+            "--start",
+            "2019-02-04",
+            "--end",
+            "2019-02-06",
+            "--timeframe",
+            "m1",
+            "--cache",
+            str(cache),
+            "--out",
+            str(out),
+            "--offline",
+            "--no-progress",
         ]
     )
     assert code == EXIT_OK
@@ -114,9 +127,21 @@ def test_dukascopy_offline_from_cache(tmp_path, dukascopy_dir, capsys):
 def test_dukascopy_offline_names_first_missing_file(tmp_path, capsys):
     code = main(
         [
-            "data", "dukascopy", "EURUSD", "--start", "2019-03-01", "--end", "2019-03-02",
-            "--timeframe", "m1", "--cache", str(tmp_path), "--out", str(tmp_path / "x.parquet"),
-            "--offline", "--no-progress",
+            "data",
+            "dukascopy",
+            "EURUSD",
+            "--start",
+            "2019-03-01",
+            "--end",
+            "2019-03-02",
+            "--timeframe",
+            "m1",
+            "--cache",
+            str(tmp_path),
+            "--out",
+            str(tmp_path / "x.parquet"),
+            "--offline",
+            "--no-progress",
         ]
     )
     assert code == EXIT_ERROR

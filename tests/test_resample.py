@@ -49,7 +49,10 @@ def test_resampled_bar_uses_only_its_own_interval():
     bars = random_bars(120, dt.timedelta(minutes=1))
     base = resample_bars(bars, "1h")
     bumped = bars.with_columns(
-        pl.when(pl.col("ts") == bars["ts"][60]).then(pl.col("high") + 0.01).otherwise(pl.col("high")).alias("high")
+        pl.when(pl.col("ts") == bars["ts"][60])
+        .then(pl.col("high") + 0.01)
+        .otherwise(pl.col("high"))
+        .alias("high")
     )
     after = resample_bars(bumped, "1h")
     assert base.row(0) == after.row(0)

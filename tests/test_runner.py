@@ -24,7 +24,11 @@ def write_notebook(path: Path, cells: list[str], parameters: str) -> Path:
     params = nbformat.v4.new_code_cell(parameters)
     params.metadata["tags"] = ["parameters"]
     nb.cells = [params] + [nbformat.v4.new_code_cell(c) for c in cells]
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nb.metadata["kernelspec"] = {
+        "name": "python3",
+        "display_name": "Python 3",
+        "language": "python",
+    }
     nbformat.write(nb, path)
     return path
 
@@ -36,7 +40,7 @@ def write_config(path: Path, text: str) -> Path:
 
 def test_default_config_resolves():
     config = load_run_config(DEFAULT_CONFIG)
-    assert [s.name for s in config.steps][0] == "01_data_exploration"
+    assert config.steps[0].name == "01_data_exploration"
     first = config.steps[0]
     assert first.parameters["source"] == "sample"
     assert first.parameters["window_bars"] == 120
@@ -57,6 +61,7 @@ def test_parse_override_reads_yaml_values():
     assert parse_override("x=null") == ("x", None)
     assert parse_override("flag=true") == ("flag", True)
     assert parse_override("name=EURUSD") == ("name", "EURUSD")
+    assert parse_override("start=2019-02-04") == ("start", "2019-02-04")
     with pytest.raises(ConfigError, match="key=value"):
         parse_override("novalue")
 
@@ -102,7 +107,10 @@ def test_run_pipeline_executes_and_renders(tmp_path):
     nbdir.mkdir()
     write_notebook(
         nbdir / "a.ipynb",
-        ["from pathlib import Path\nPath(run_dir, 'a.txt').write_text(str(n * 2))", "print('value', n * 2)"],
+        [
+            "from pathlib import Path\nPath(run_dir, 'a.txt').write_text(str(n * 2))",
+            "print('value', n * 2)",
+        ],
         "n = 1\nrun_dir = '.'",
     )
     write_notebook(
@@ -111,10 +119,14 @@ def test_run_pipeline_executes_and_renders(tmp_path):
         "run_dir = '.'",
     )
     config_path = write_config(
-        tmp_path / "run.yaml", "name: t\nnotebooks_dir: nbs\nparameters: {n: 7}\nnotebooks: [a, b]\n"
+        tmp_path / "run.yaml",
+        "name: t\nnotebooks_dir: nbs\nparameters: {n: 7}\nnotebooks: [a, b]\n",
     )
     result = run_pipeline(
-        load_run_config(config_path), runs_dir=tmp_path / "runs", reports_dir=tmp_path / "reports", run_id="r1"
+        load_run_config(config_path),
+        runs_dir=tmp_path / "runs",
+        reports_dir=tmp_path / "reports",
+        run_id="r1",
     )
     assert result.ok
     assert (tmp_path / "runs" / "r1" / "a.ipynb").is_file()
@@ -136,10 +148,15 @@ def test_failing_notebook_is_kept_and_named(tmp_path):
     config_path = write_config(tmp_path / "run.yaml", "notebooks_dir: nbs\nnotebooks: [boom]\n")
     with pytest.raises(StageFailedError, match=r"boom.*stage exploded.*boom\.ipynb"):
         run_pipeline(
-            load_run_config(config_path), runs_dir=tmp_path / "runs", reports_dir=tmp_path / "rep", run_id="r"
+            load_run_config(config_path),
+            runs_dir=tmp_path / "runs",
+            reports_dir=tmp_path / "rep",
+            run_id="r",
         )
     executed = nbformat.read(tmp_path / "runs" / "r" / "boom.ipynb", as_version=4)
-    assert any(o.get("ename") == "RuntimeError" for c in executed.cells for o in c.get("outputs", []))
+    assert any(
+        o.get("ename") == "RuntimeError" for c in executed.cells for o in c.get("outputs", [])
+    )
     html = (tmp_path / "rep" / "r" / "boom.html").read_text()
     assert "stage exploded" in html
     assert "jp-InputArea jp-Cell-inputArea" in html  # failed reports show the code

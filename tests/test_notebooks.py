@@ -1,0 +1,109 @@
+"""The notebooks: stored clean, parameters papermill can read, and notebook 01 executed through
+`aiopt run` (papermill + nbconvert) into a self-contained HTML report."""
+
+from __future__ import annotations
+
+import ast
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import papermill
+import polars as pl
+import pytest
+
+from aiopt_lib.bars import check_bars
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebook_is_stored_without_outputs(path):
+    nb = nbformat.read(path, as_version=4)
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            assert cell.outputs == [] and cell.execution_count is None, f"{path.name} has outputs"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_parameters_cell_is_readable_by_papermill(path):
+    nb = nbformat.read(path, as_version=4)
+    tagged = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+    assert len(tagged) == 1, "exactly one cell tagged 'parameters'"
+    assigned = {
+        t.id
+        for node in ast.parse(tagged[0].source).body
+        if isinstance(node, ast.Assign)
+        for t in node.targets
+        if isinstance(t, ast.Name)
+    }
+    # papermill silently skips lines it cannot parse; then overrides would not be documented
+    assert set(papermill.inspect_notebook(str(path))) == assigned
+    assert "run_dir" in assigned
+
+
+def run_aiopt(tmp_path: Path, *params: str) -> tuple[subprocess.CompletedProcess, Path, Path]:
+    runs, reports = tmp_path / "runs", tmp_path / "reports"
+    args = [
+        sys.executable,
+        "-m",
+        "aiopt_lib.cli",
+        "run",
+        "--config",
+        str(ROOT / "papermill_runs" / "default.yaml"),
+        "--runs-dir",
+        str(runs),
+        "--reports-dir",
+        str(reports),
+        "--run-id",
+        "t",
+    ]
+    for p in params:
+        args += ["-p", p]
+    done = subprocess.run(args, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    return done, runs / "t", reports / "t"
+
+
+@pytest.mark.slow
+def test_default_run_writes_offline_report(tmp_path):
+    done, run_dir, report_dir = run_aiopt(tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"report: {report_dir / 'index.html'}" in done.stdout
+    page = (report_dir / "01_data_exploration.html").read_text(encoding="utf-8")
+    # self-contained: no script or stylesheet from the network
+    assert not re.search(r'<(script|link)[^>]+(src|href)="https?://', page)
+    assert page.count('class="aiopt-vega"') == 2  # price with gaps, trading week
+    assert "window.vegaEmbed" in page  # the inlined bundle
+    assert page.count("data:image/png;base64") >= 1  # the mplfinance candle chart
+    assert "expected_weekend" in page
+    assert "Traceback" not in page
+    bars = pl.read_parquet(run_dir / "bars.parquet")
+    assert check_bars(bars) == []
+    assert bars.height == 6225
+    executed = nbformat.read(run_dir / "01_data_exploration.ipynb", as_version=4)
+    injected = [c for c in executed.cells if "injected-parameters" in c.metadata.get("tags", [])]
+    assert injected and "run_dir" in injected[0].source
+
+
+@pytest.mark.slow
+def test_notebook_01_on_dukascopy_ticks_shows_spread(tmp_path, dukascopy_dir):
+    cache = tmp_path / "feed"
+    shutil.copytree(dukascopy_dir / "EURUSD", cache / "EURUSD")
+    done, run_dir, report_dir = run_aiopt(
+        tmp_path,
+        f"source={cache}",
+        "timeframe=1m",
+        "side=mid",
+        "start=2019-02-04",
+        "end=2019-02-06",
+        "01_data_exploration.window_bars=90",
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    bars = pl.read_parquet(run_dir / "bars.parquet")
+    assert bars.height == 2880 and "spread" in bars.columns
+    page = (report_dir / "01_data_exploration.html").read_text(encoding="utf-8")
+    assert "median spread (pips)" in page
