@@ -108,6 +108,7 @@ def price_chart(
     *,
     title: str = "Close",
     max_points: int = 20_000,
+    width: int = 900,
     height: int = 320,
 ) -> alt.LayerChart | alt.Chart:
     """Interactive close-price line (drag to zoom, double-click to reset) with gaps shaded by kind.
@@ -130,7 +131,7 @@ def price_chart(
             ],
         )
         .add_params(zoom)
-        .properties(height=height, width="container")
+        .properties(height=height, width=width)  # not "container": 0 px in report output areas
     )
     if gaps is None or gaps.height == 0:
         return line
@@ -176,12 +177,13 @@ def hour_of_week_chart(profile: pl.DataFrame, *, width: int = 700) -> alt.VConca
         metrics.append(("median_spread_pips", "median spread (pips)"))
     panels = [
         alt.Chart(data)
-        .mark_bar(color=colour)
+        .mark_bar(color=colour, width=max(1.0, width / 168 - 1))
         .encode(
             x=alt.X(
-                "hour_of_week:O",
-                title="hour of week (UTC, Mon 00:00 = 0)",
-                axis=alt.Axis(values=list(range(0, 168, 24)), labelAngle=0),
+                "hour_of_week:Q",
+                title="hour of week (UTC, Mon 00:00 = 0; ticks at midnight)",
+                scale=alt.Scale(domain=[0, 168], nice=False),
+                axis=alt.Axis(values=list(range(0, 169, 24)), labelAngle=0),
             ),
             y=alt.Y(f"{name}:Q", title=label),
             tooltip=["day:N", "hour:Q", alt.Tooltip(f"{name}:Q", format=".3g"), "bars:Q"],
@@ -205,8 +207,12 @@ def candle_chart(
 
     Returns the matplotlib Figure (shown inline in notebooks, embedded as PNG in reports).
     """
+    import logging
+
     import mplfinance as mpf
 
+    # mplfinance's styles ask for font weights DejaVu lacks; matplotlib logs each fallback
+    logging.getLogger("matplotlib.font_manager").setLevel(logging.ERROR)
     ensure_bars(bars)
     window = bars
     if end is not None:
