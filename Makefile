@@ -7,7 +7,7 @@ STAMP := $(VENV)/.aiopt-installed
 CONFIG ?= papermill_runs/default.yaml
 PYTEST_ARGS ?=
 
-.PHONY: run test lint format lab setup clean-reports help
+.PHONY: run test lint format lab setup bench clean-reports help
 .DEFAULT_GOAL := help
 
 help:
@@ -16,6 +16,7 @@ help:
 	@echo "make lint    ruff check + format check"
 	@echo "make format  ruff format + autofix"
 	@echo "make lab     JupyterLab on notebooks/ with this environment as the kernel"
+	@echo "make bench   run benchmarks/ (installs the peers of the [bench] extra)"
 	@echo "make setup   create/refresh .venv"
 
 $(STAMP): pyproject.toml
@@ -46,6 +47,10 @@ format: $(STAMP)
 lab: $(STAMP)
 	$(PY) -m ipykernel install --sys-prefix --name aiopt --display-name "aiopt (.venv)" >/dev/null
 	$(VENV)/bin/jupyter lab --notebook-dir=notebooks
+
+bench: $(STAMP)
+	$(PY) -m pip install --quiet -e ".[dev,bench]"
+	@for script in benchmarks/bench_*.py; do echo "== $$script"; $(PY) $$script || exit 1; done
 
 clean-reports:
 	rm -rf reports/*/ papermill_runs/*/
