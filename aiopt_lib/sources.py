@@ -75,6 +75,7 @@ from aiopt_lib.bars import (
     parse_timeframe,
     timeframe_label,
 )
+from aiopt_lib.cleaning import CleaningPolicy, ValidationReport, clean_bars
 from aiopt_lib.errors import ConfigError, DataError
 from aiopt_lib.resample import resample_bars, ticks_to_bars
 
@@ -156,7 +157,7 @@ class LoadedBars:
     """
 
     bars: pl.DataFrame
-    report: Any  # aiopt_lib.cleaning.ValidationReport (imported lazily)
+    report: ValidationReport
     raw_rows: int
     source: str
     format: str
@@ -1354,7 +1355,7 @@ def _read_dukascopy(
     from_ticks: bool,
 ) -> RawSource:
     """One ``.bi5`` file (ticks or candles), or ``[start, end)`` of a datafeed-layout folder."""
-    from aiopt_lib import dukascopy  # written alongside; imported lazily
+    from aiopt_lib import dukascopy  # imported lazily: only Dukascopy sources need it
 
     if path.is_dir():
         if start is None or end is None:
@@ -1559,15 +1560,13 @@ def load_bars_report(
     columns: Mapping[str, Any] | None = None,
     start: Any = None,
     end: Any = None,
-    policy: Any = None,
+    policy: CleaningPolicy | None = None,
     **options: Any,
 ) -> LoadedBars:
     """Like :func:`load_bars`, returning the bars with the cleaning report (:class:`LoadedBars`).
 
     Emits no repair warning: the report is the caller's to read.
     """
-    from aiopt_lib.cleaning import CleaningPolicy, clean_bars  # written alongside; imported lazily
-
     start_utc, end_utc = _as_utc(start, "start"), _as_utc(end, "end")
     if start_utc is not None and end_utc is not None and start_utc >= end_utc:
         raise ConfigError(f"start ({start_utc}) must be before end ({end_utc})")
@@ -1640,7 +1639,7 @@ def load_bars(
     columns: Mapping[str, Any] | None = None,
     start: Any = None,
     end: Any = None,
-    policy: Any = None,
+    policy: CleaningPolicy | None = None,
     **options: Any,
 ) -> pl.DataFrame:
     """Canonical bars from any source: sample, CSV, Parquet, Dukascopy file or folder, DataFrame.

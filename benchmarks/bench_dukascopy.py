@@ -24,7 +24,9 @@ import polars as pl
 
 from aiopt_lib import dukascopy
 
-DATA = Path(__file__).resolve().parents[1] / "tests" / "data" / "dukascopy" / "EURUSD" / "2019" / "01"
+DATA = (
+    Path(__file__).resolve().parents[1] / "tests" / "data" / "dukascopy" / "EURUSD" / "2019" / "01"
+)
 
 
 def tick_files() -> list[Path]:
