@@ -3,6 +3,9 @@
     aiopt data info FILE            what a data file holds
     aiopt data validate FILE        the validation report; exit 0 clean (or only expected gaps), 1 problems
     aiopt data dukascopy SYMBOL     download (or read from the cache) Dukascopy data into Parquet
+    aiopt features FILE --out OUT   bars + all indicators at default parameters + pattern flags
+    aiopt dataset build --bars FILE --out DIR [--config FILE]
+                                    the labelled, schema-versioned sample dataset (Parquet, zstd)
     aiopt run --config FILE         execute the notebooks of a run with papermill, render HTML reports
 
 Errors print one line (``aiopt: error: ...``) and exit 2; ``--debug`` shows the traceback.
@@ -95,6 +98,25 @@ def build_parser() -> argparse.ArgumentParser:
         "--point-value", type=int, help="price divisor for instruments not in the table"
     )
     duka.add_argument("--no-progress", action="store_true")
+
+    features = commands.add_parser(
+        "features", help="write bars + all indicators (default parameters) + pattern flags"
+    )
+    _source_options(features)
+    features.add_argument("--out", required=True, help="Parquet file to write")
+
+    dataset = commands.add_parser("dataset", help="build the labelled sample dataset")
+    dataset_commands = dataset.add_subparsers(
+        dest="dataset_command", required=True, metavar="SUBCOMMAND"
+    )
+    build = dataset_commands.add_parser("build", help="samples, features, labels -> Parquet")
+    build.add_argument("--bars", required=True, help="bars source (file, folder or 'sample')")
+    build.add_argument("--out", required=True, help="dataset folder to write")
+    build.add_argument("--config", help="dataset configuration (YAML)")
+    build.add_argument("--symbol", help="instrument (default: from the source, else EURUSD)")
+    build.add_argument("--timeframe", help="resample the bars to this timeframe first")
+    build.add_argument("--start", help="first time to keep (inclusive), ISO")
+    build.add_argument("--end", help="time to stop at (exclusive), ISO")
 
     run = commands.add_parser("run", help="run the notebooks of a configuration with papermill")
     run.add_argument(
@@ -198,6 +220,41 @@ def _cmd_dukascopy(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_features(args: argparse.Namespace) -> int:
+    from aiopt_lib.atomic import write_parquet_atomic
+    from aiopt_lib.dataset import indicator_and_pattern_frame
+    from aiopt_lib.sources import load_bars_report
+
+    loaded = load_bars_report(args.source, **_source_kwargs(args))
+    frame = indicator_and_pattern_frame(loaded.bars)
+    out = write_parquet_atomic(
+        frame, args.out, metadata={"aiopt.source": loaded.source, "aiopt.kind": "features"}
+    )
+    print(f"{frame.height} bars x {frame.width} columns -> {out}")
+    return EXIT_OK
+
+
+def _cmd_dataset_build(args: argparse.Namespace) -> int:
+    from aiopt_lib.dataset import DatasetConfig, build_dataset, load_config_file
+    from aiopt_lib.sources import load_bars_report
+
+    options = {
+        k: getattr(args, k) for k in ("symbol", "timeframe", "start", "end") if getattr(args, k)
+    }
+    loaded = load_bars_report(args.bars, **options)
+    config = DatasetConfig.from_mapping(load_config_file(args.config))
+    symbol = (args.symbol or loaded.symbol or config.symbol).upper()
+    built = build_dataset(loaded.bars, args.out, config, symbol=symbol, source=loaded.source)
+    counts = built.manifest["counts"]
+    dropped = ", ".join(f"{k} {v}" for k, v in counts.items() if k.startswith("dropped_") and v)
+    print(
+        f"{counts['samples']} samples from {counts['bars']} bars -> {built.path}"
+        + (f" (dropped: {dropped})" if dropped else "")
+    )
+    print("class balance: " + ", ".join(f"{k} {v}" for k, v in built.manifest["class_balance"].items()))
+    return EXIT_OK
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from aiopt_lib.runner import load_run_config, run_pipeline
 
@@ -230,7 +287,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args([a for a in arguments if a != "--debug"])
     args.debug = debug
     handlers = {"info": _cmd_info, "validate": _cmd_validate, "dukascopy": _cmd_dukascopy}
-    handler = handlers[args.data_command] if args.command == "data" else _cmd_run
+    if args.command == "data":
+        handler = handlers[args.data_command]
+    elif args.command == "features":
+        handler = _cmd_features
+    elif args.command == "dataset":
+        handler = _cmd_dataset_build
+    else:
+        handler = _cmd_run
     try:
         return handler(args)
     except (AioptError, FileNotFoundError, ValueError) as exc:
