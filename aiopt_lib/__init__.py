@@ -27,8 +27,21 @@ from aiopt_lib.cleaning import (
     clean_bars,
     validate_bars,
 )
+from aiopt_lib.dataset import DatasetConfig, build_dataset, read_samples
 from aiopt_lib.errors import AioptError, BarsSchemaError, ConfigError, DataError
 from aiopt_lib.explore import describe_bars, hour_of_week_profile
+from aiopt_lib.features import FeatureParams, add_features, feature_columns
+from aiopt_lib.indicators import IndicatorParams, add_indicators, indicator_columns
+from aiopt_lib.labels import (
+    CLASSES,
+    ForwardReturnParams,
+    TripleBarrierParams,
+    class_balance,
+    forward_return_labels,
+    triple_barrier_labels,
+)
+from aiopt_lib.lookahead import LookaheadError, check_no_lookahead
+from aiopt_lib.patterns import PATTERNS, PatternParams, add_patterns, pattern_columns
 from aiopt_lib.resample import resample_bars, ticks_to_bars
 from aiopt_lib.sources import (
     LoadedBars,
@@ -38,38 +51,69 @@ from aiopt_lib.sources import (
     load_sample,
     read_source,
 )
+from aiopt_lib.splits import Split, purged_kfold_splits, purged_split, walk_forward_splits
+from aiopt_lib.streams import SchemaMismatchError, Streams, StreamWriter, read_stream
 
 __version__ = "0.1.0"
 
 __all__ = [
     "BAR_COLUMNS",
+    "CLASSES",
+    "PATTERNS",
     "TICK_COLUMNS",
     "AioptError",
     "BarsSchemaError",
     "CleaningPolicy",
     "ConfigError",
     "DataError",
+    "DatasetConfig",
+    "FeatureParams",
     "Flag",
+    "ForwardReturnParams",
+    "IndicatorParams",
     "LoadedBars",
+    "LookaheadError",
+    "PatternParams",
+    "SchemaMismatchError",
+    "Split",
+    "StreamWriter",
+    "Streams",
+    "TripleBarrierParams",
     "ValidationReport",
     "__version__",
+    "add_features",
+    "add_indicators",
+    "add_patterns",
+    "build_dataset",
     "check_bars",
+    "check_no_lookahead",
     "check_ticks",
+    "class_balance",
     "classify_gaps",
     "clean_bars",
     "describe_bars",
     "ensure_bars",
+    "feature_columns",
+    "forward_return_labels",
     "hour_of_week_profile",
+    "indicator_columns",
     "infer_timeframe",
     "list_samples",
     "load_bars",
     "load_bars_report",
     "load_sample",
     "parse_timeframe",
+    "pattern_columns",
+    "purged_kfold_splits",
+    "purged_split",
+    "read_samples",
     "read_source",
+    "read_stream",
     "resample_bars",
     "ticks_to_bars",
     "timeframe_label",
+    "triple_barrier_labels",
     "validate_bars",
+    "walk_forward_splits",
     "write_parquet_atomic",
 ]

@@ -202,10 +202,14 @@ def candle_chart(
     title: str | None = None,
     volume: bool = True,
     mav: tuple[int, ...] = (),
+    patterns: bool | list[str] = False,
 ) -> Any:
     """An mplfinance candle chart of the ``n_bars`` bars ending at ``end`` (default: the last bar).
 
-    Returns the matplotlib Figure (shown inline in notebooks, embedded as PNG in reports).
+    ``patterns``: mark candlestick patterns (``True``: every ``pat_*`` column of ``bars``, or a
+    list of pattern names): bullish ones with a green triangle under the low, bearish ones with a
+    red triangle over the high, neutral ones (doji) with a grey dot over the high. Returns the
+    matplotlib Figure (shown inline in notebooks, embedded as PNG in reports).
     """
     import logging
 
@@ -229,6 +233,7 @@ def candle_chart(
     )
     frame.index = frame.index.tz_convert("UTC").tz_localize(None)
     has_volume = volume and float(frame["Volume"].sum()) > 0
+    addplots = _pattern_markers(window, patterns) if patterns else []
     fig, _axes = mpf.plot(
         frame,
         type="candle",
@@ -241,8 +246,164 @@ def candle_chart(
         figsize=(11, 5.5),
         tight_layout=True,
         warn_too_much_data=10_000,
+        addplot=addplots,
     )
+    if addplots:
+        _axes[0].legend(
+            handles=[
+                _marker_handle("^", "#1a9850", "bullish pattern"),
+                _marker_handle("v", "#d73027", "bearish pattern"),
+                _marker_handle("o", "#7f7f7f", "doji / neutral"),
+            ],
+            loc="upper left",
+            fontsize=8,
+        )
     return fig
+
+
+def _marker_handle(marker: str, colour: str, label: str) -> Any:
+    from matplotlib.lines import Line2D
+
+    return Line2D([], [], marker=marker, color=colour, linestyle="", label=label)
+
+
+def _pattern_markers(window: pl.DataFrame, patterns: bool | list[str]) -> list[Any]:
+    """mplfinance scatter addplots marking the bars where patterns fired."""
+    import mplfinance as mpf
+    import numpy as np
+
+    from aiopt_lib.patterns import PATTERNS
+
+    names = (
+        [c.removeprefix("pat_") for c in window.columns if c.startswith("pat_")]
+        if patterns is True
+        else list(patterns)
+    )
+    missing = [n for n in names if f"pat_{n}" not in window.columns]
+    if missing:
+        raise ValueError(f"bars have no pattern column(s) for {missing}; run add_patterns first")
+    offset = float((window["high"] - window["low"]).median() or 0.0) * 0.6
+    styles = {
+        "bullish": ("^", "#1a9850", window["low"].to_numpy() - offset),
+        "bearish": ("v", "#d73027", window["high"].to_numpy() + offset),
+        "neutral": ("o", "#7f7f7f", window["high"].to_numpy() + 2 * offset),
+    }
+    plots = []
+    for direction, (marker, colour, level) in styles.items():
+        chosen = [n for n in names if n in PATTERNS and PATTERNS[n].direction == direction]
+        if not chosen:
+            continue
+        fired = window.select(pl.any_horizontal([pl.col(f"pat_{n}") for n in chosen])).to_series()
+        if not fired.any():
+            continue
+        values = np.where(fired.to_numpy(), level, np.nan)
+        plots.append(
+            mpf.make_addplot(values, type="scatter", marker=marker, markersize=40, color=colour)
+        )
+    return plots
+
+
+def indicator_panels(
+    frame: pl.DataFrame,
+    *,
+    params: Any = None,
+    n_bars: int | None = 1500,
+    width: int = 900,
+) -> alt.VConcatChart:
+    """Interactive indicator panels over a shared, zoomable time axis: price with Bollinger Bands,
+    EMA and SMA; RSI with 30/70; MACD line, signal and histogram; Stochastic %K/%D with 20/80;
+    ADX with +DI/−DI. ``frame`` holds the indicator columns of ``params`` (default
+    ``IndicatorParams()``), e.g. from :func:`aiopt_lib.indicators.add_indicators`; the last
+    ``n_bars`` are drawn (None: all)."""
+    from aiopt_lib.indicators import IndicatorParams, column_name
+
+    p = params or IndicatorParams()
+    c = {kind: column_name(kind, p) for kind in (
+        "bb_upper", "bb_lower", "bb_basis", "ema", "sma", "rsi", "macd", "macd_signal",
+        "macd_hist", "stoch_k", "stoch_d", "adx", "plus_di", "minus_di",
+    )}  # fmt: skip
+    missing = [name for name in c.values() if name not in frame.columns]
+    if missing:
+        raise ValueError(f"frame lacks indicator column(s) {missing}; run add_indicators first")
+    data = frame if n_bars is None else frame.tail(n_bars)
+    source = _inline(data.select("ts", "close", *c.values()))
+    zoom = alt.selection_interval(bind="scales", encodings=["x"])
+    x = alt.X("ts:T", title=None)
+
+    def lines(columns: list[str], title: str, colours: list[str], height: int) -> alt.Chart:
+        return (
+            alt.Chart(source)
+            .transform_fold(columns, as_=["series", "value"])
+            .mark_line(strokeWidth=1)
+            .encode(
+                x=x,
+                y=alt.Y("value:Q", scale=alt.Scale(zero=False), title=title),
+                color=alt.Color(
+                    "series:N", scale=alt.Scale(domain=columns, range=colours), title=None
+                ),
+            )
+            .properties(width=width, height=height)
+        )
+
+    def rules(levels: list[float]) -> alt.Chart:
+        return (
+            alt.Chart(alt.InlineData(values=[{"y": v} for v in levels]))
+            .mark_rule(strokeDash=[4, 3], color="#999999")
+            .encode(y="y:Q")
+        )
+
+    price = lines(
+        ["close", c["bb_upper"], c["bb_basis"], c["bb_lower"], c["ema"], c["sma"]],
+        "price",
+        ["#1f4e79", "#9ecae1", "#6baed6", "#9ecae1", "#fd8d3c", "#756bb1"],
+        220,
+    ).add_params(zoom)
+    rsi = alt.layer(lines([c["rsi"]], "RSI", ["#6a51a3"], 90), rules([30, 70]))
+    hist = (
+        alt.Chart(source)
+        .mark_bar(opacity=0.5, color="#969696")
+        .encode(x=x, y=alt.Y(f"{c['macd_hist']}:Q", title="MACD"))
+    )
+    macd = alt.layer(hist, lines([c["macd"], c["macd_signal"]], "MACD", ["#2171b5", "#cb181d"], 90))
+    stoch = alt.layer(
+        lines([c["stoch_k"], c["stoch_d"]], "Stochastic", ["#238b45", "#fd8d3c"], 90),
+        rules([20, 80]),
+    )
+    adx = lines(
+        [c["adx"], c["plus_di"], c["minus_di"]], "ADX / DI", ["#252525", "#1a9850", "#d73027"], 90
+    )
+    return (
+        alt.vconcat(price, rsi, macd, stoch, adx)
+        .resolve_scale(color="independent")
+        .properties(title="Indicators (drag on the price panel to zoom)")
+    )
+
+
+def class_balance_chart(balance: pl.DataFrame, *, title: str = "Label classes") -> alt.Chart:
+    """Bars of :func:`aiopt_lib.labels.class_balance` (counts per class, one column per split
+    part when the table has a ``part`` column)."""
+    data = balance.with_columns(pl.col("class").cast(pl.String))
+    colour = alt.Color(
+        "class:N",
+        scale=alt.Scale(domain=["BUY", "SELL", "HOLD"], range=["#1a9850", "#d73027", "#969696"]),
+    )
+    chart = (
+        alt.Chart(_inline(data))
+        .mark_bar()
+        .encode(
+            x=alt.X("class:N", sort=["BUY", "SELL", "HOLD"], title=None),
+            y=alt.Y("count:Q"),
+            color=colour,
+            tooltip=["class:N", "count:Q", alt.Tooltip("share:Q", format=".1%")],
+        )
+    )
+    if "part" in data.columns:
+        chart = chart.properties(width=160, height=160).facet(
+            column=alt.Column("part:N", sort=["train", "validation", "test"], title=None)
+        )
+    else:
+        chart = chart.properties(width=220, height=160)
+    return chart.properties(title=title)
 
 
 def _as_utc(value: dt.datetime | str) -> dt.datetime:

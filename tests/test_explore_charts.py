@@ -101,3 +101,33 @@ def test_candle_chart_window(sample):
     assert len(axes) >= 2  # price and volume panels
     with pytest.raises(ValueError, match="no bars"):
         charts.candle_chart(sample, end="2000-01-01", n_bars=10)
+
+
+def test_candle_chart_marks_patterns(sample):
+    from aiopt_lib.patterns import add_patterns
+
+    featured = add_patterns(sample)
+    window = featured.tail(120)
+    fired = window.select(pl.col("^pat_.*$").any()).row(0)
+    fig = charts.candle_chart(featured, n_bars=120, patterns=True)
+    scatter = [c for ax in fig.get_axes() for c in ax.collections if c.get_offsets().shape[0] > 0]
+    assert any(fired) and scatter  # markers drawn where patterns fired
+    legend = fig.get_axes()[0].get_legend()
+    assert legend is not None and "bullish pattern" in [t.get_text() for t in legend.get_texts()]
+    with pytest.raises(ValueError, match="add_patterns"):
+        charts.candle_chart(sample, patterns=["hammer"])
+
+
+def test_indicator_panels_and_class_balance(sample):
+    from aiopt_lib.indicators import add_indicators
+    from aiopt_lib.labels import class_balance, triple_barrier_labels
+
+    with pytest.raises(ValueError, match="add_indicators"):
+        charts.indicator_panels(sample)
+    spec = charts.indicator_panels(add_indicators(sample), n_bars=300).to_dict()
+    assert len(spec["vconcat"]) == 5
+    assert [len(v) for v in spec["datasets"].values() if len(v) > 2] == [300]
+    labels = triple_barrier_labels(sample)
+    balance_spec = charts.class_balance_chart(class_balance(labels)).to_dict()
+    values = next(iter(balance_spec["datasets"].values()))
+    assert sorted(v["class"] for v in values) == ["BUY", "HOLD", "SELL"]

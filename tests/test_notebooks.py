@@ -76,9 +76,11 @@ def test_default_run_writes_offline_report(tmp_path):
     page = (report_dir / "01_data_exploration.html").read_text(encoding="utf-8")
     # self-contained: no script or stylesheet from the network
     assert not re.search(r'<(script|link)[^>]+(src|href)="https?://', page)
-    assert page.count('class="aiopt-vega"') == 2  # price with gaps, trading week
+    # price with gaps, trading week, indicator panels, label classes
+    assert page.count('class="aiopt-vega"') == 4
     assert "window.vegaEmbed" in page  # the inlined bundle
-    assert page.count("data:image/png;base64") >= 1  # the mplfinance candle chart
+    assert page.count("data:image/png;base64") >= 2  # candle charts, plain and with patterns
+    assert "pat_bullish_engulfing" in page and "stoch_k_14_3_3" in page
     assert "expected_weekend" in page
     assert "Traceback" not in page
     bars = pl.read_parquet(run_dir / "bars.parquet")
