@@ -194,6 +194,10 @@ def hour_of_week_chart(profile: pl.DataFrame, *, width: int = 700) -> alt.VConca
     return alt.vconcat(*panels).properties(title="The trading week")
 
 
+OVERLAY_INDICATORS = ("bb", "ema", "sma")
+PANEL_INDICATORS = ("rsi", "macd", "stoch", "adx")
+
+
 def candle_chart(
     bars: pl.DataFrame,
     *,
@@ -203,13 +207,27 @@ def candle_chart(
     volume: bool = True,
     mav: tuple[int, ...] = (),
     patterns: bool | list[str] = False,
+    indicators: tuple[str, ...] | list[str] = (),
+    indicator_params: Any = None,
+    signals: pl.DataFrame | None = None,
+    trades: pl.DataFrame | None = None,
 ) -> Any:
     """An mplfinance candle chart of the ``n_bars`` bars ending at ``end`` (default: the last bar).
 
-    ``patterns``: mark candlestick patterns (``True``: every ``pat_*`` column of ``bars``, or a
-    list of pattern names): bullish ones with a green triangle under the low, bearish ones with a
-    red triangle over the high, neutral ones (doji) with a grey dot over the high. Returns the
-    matplotlib Figure (shown inline in notebooks, embedded as PNG in reports).
+    - ``patterns``: mark candlestick patterns (``True``: every ``pat_*`` column of ``bars``, or a
+      list of pattern names): bullish ones with a green triangle under the low, bearish ones with
+      a red triangle over the high, neutral ones (doji) with a grey dot.
+    - ``indicators``: any of ``"bb"``, ``"ema"``, ``"sma"`` (drawn on the price panel) and
+      ``"rsi"``, ``"macd"``, ``"stoch"``, ``"adx"`` (one panel each), with ``indicator_params``
+      (default ``IndicatorParams()``). Missing columns are computed on the whole of ``bars``
+      before the window is cut, so the window shows the same (causal) values as everywhere else.
+    - ``signals``: a frame with ``ts`` and ``signal`` (``"BUY"``/``"SELL"``; other values are
+      ignored), marked with large blue/orange arrows at the signal bar.
+    - ``trades``: a frame with ``entry_ts``, ``exit_ts``, ``side`` (``"long"``/``"short"``),
+      ``entry_price``, ``exit_price``: a segment from entry to exit, green for a winning trade and
+      red for a losing one.
+
+    Returns the matplotlib Figure (shown inline in notebooks, embedded as PNG in reports).
     """
     import logging
 
@@ -218,10 +236,15 @@ def candle_chart(
     # mplfinance's styles ask for font weights DejaVu lacks; matplotlib logs each fallback
     logging.getLogger("matplotlib.font_manager").setLevel(logging.ERROR)
     ensure_bars(bars)
-    window = bars
+    unknown = sorted(set(indicators) - set(OVERLAY_INDICATORS) - set(PANEL_INDICATORS))
+    if unknown:
+        raise ValueError(
+            f"unknown indicator(s) {unknown}; use {OVERLAY_INDICATORS + PANEL_INDICATORS}"
+        )
+    source = _with_indicator_columns(bars, indicators, indicator_params)
+    window = source
     if end is not None:
-        end_ts = _as_utc(end)
-        window = bars.filter(pl.col("ts") <= end_ts)
+        window = source.filter(pl.col("ts") <= _as_utc(end))
     window = window.tail(n_bars)
     if window.height == 0:
         raise ValueError("no bars in the requested window")
@@ -233,8 +256,21 @@ def candle_chart(
     )
     frame.index = frame.index.tz_convert("UTC").tz_localize(None)
     has_volume = volume and float(frame["Volume"].sum()) > 0
+    first_panel = 2 if has_volume else 1
     addplots = _pattern_markers(window, patterns) if patterns else []
-    fig, _axes = mpf.plot(
+    panel_names, indicator_plots = _indicator_addplots(
+        window, indicators, indicator_params, first_panel
+    )
+    addplots += indicator_plots
+    if signals is not None:
+        addplots += _signal_markers(window, signals)
+    kwargs: dict[str, Any] = {}
+    if trades is not None:
+        segments, colours = _trade_segments(window, trades)
+        if segments:
+            kwargs["alines"] = {"alines": segments, "colors": colours, "linewidths": 1.6}
+    ratios = [4] + ([1] if has_volume else []) + [1.3] * len(panel_names)
+    fig, axes = mpf.plot(
         frame,
         type="candle",
         style="yahoo",
@@ -243,22 +279,149 @@ def candle_chart(
         title=title or f"{frame.index[0]:%Y-%m-%d %H:%M} to {frame.index[-1]:%Y-%m-%d %H:%M} UTC",
         ylabel="price",
         returnfig=True,
-        figsize=(11, 5.5),
+        figsize=(11, 5.5 + 1.4 * len(panel_names)),
+        panel_ratios=tuple(ratios),
         tight_layout=True,
         warn_too_much_data=10_000,
         addplot=addplots,
+        **kwargs,
     )
-    if addplots:
-        _axes[0].legend(
-            handles=[
-                _marker_handle("^", "#1a9850", "bullish pattern"),
-                _marker_handle("v", "#d73027", "bearish pattern"),
-                _marker_handle("o", "#7f7f7f", "doji / neutral"),
-            ],
-            loc="upper left",
-            fontsize=8,
-        )
+    handles = []
+    if patterns:
+        handles += [
+            _marker_handle("^", "#1a9850", "bullish pattern"),
+            _marker_handle("v", "#d73027", "bearish pattern"),
+            _marker_handle("o", "#7f7f7f", "doji / neutral"),
+        ]
+    if signals is not None:
+        handles += [
+            _marker_handle("^", "#2171b5", "BUY signal"),
+            _marker_handle("v", "#ff7f00", "SELL signal"),
+        ]
+    if handles:
+        axes[0].legend(handles=handles, loc="upper left", fontsize=8)
     return fig
+
+
+def _with_indicator_columns(
+    bars: pl.DataFrame, indicators: tuple[str, ...] | list[str], params: Any
+) -> pl.DataFrame:
+    if not indicators:
+        return bars
+    from aiopt_lib.indicators import IndicatorParams, add_indicators
+
+    p = params or IndicatorParams()
+    if all(c in bars.columns for c in p.columns()):
+        return bars
+    return add_indicators(bars.drop([c for c in p.columns() if c in bars.columns]), p)
+
+
+def _indicator_addplots(
+    window: pl.DataFrame, indicators: tuple[str, ...] | list[str], params: Any, first_panel: int
+) -> tuple[list[str], list[Any]]:
+    """mplfinance addplots for indicator overlays and panels; returns (panel names, addplots)."""
+    import mplfinance as mpf
+
+    from aiopt_lib.indicators import IndicatorParams, column_name
+
+    p = params or IndicatorParams()
+
+    def values(kind: str) -> Any:
+        return (
+            window.get_column(column_name(kind, p))
+            .cast(pl.Float64)
+            .fill_null(float("nan"))
+            .to_numpy()
+        )
+
+    plots: list[Any] = []
+    if "bb" in indicators:
+        for kind in ("bb_upper", "bb_basis", "bb_lower"):
+            plots.append(mpf.make_addplot(values(kind), color="#6baed6", width=0.8))
+    if "ema" in indicators:
+        plots.append(mpf.make_addplot(values("ema"), color="#fd8d3c", width=1.0))
+    if "sma" in indicators:
+        plots.append(mpf.make_addplot(values("sma"), color="#756bb1", width=1.0))
+    panels = [kind for kind in PANEL_INDICATORS if kind in indicators]
+    for offset, kind in enumerate(panels):
+        panel = first_panel + offset
+        if kind == "rsi":
+            plots.append(
+                mpf.make_addplot(
+                    values("rsi"), panel=panel, color="#6a51a3", ylabel="RSI", ylim=(0, 100)
+                )
+            )
+        elif kind == "macd":
+            plots += [
+                mpf.make_addplot(
+                    values("macd_hist"), panel=panel, type="bar", color="#969696", ylabel="MACD"
+                ),
+                mpf.make_addplot(values("macd"), panel=panel, color="#2171b5"),
+                mpf.make_addplot(values("macd_signal"), panel=panel, color="#cb181d"),
+            ]
+        elif kind == "stoch":
+            plots += [
+                mpf.make_addplot(
+                    values("stoch_k"), panel=panel, color="#238b45", ylabel="Stoch", ylim=(0, 100)
+                ),
+                mpf.make_addplot(values("stoch_d"), panel=panel, color="#fd8d3c"),
+            ]
+        elif kind == "adx":
+            plots += [
+                mpf.make_addplot(values("adx"), panel=panel, color="#252525", ylabel="ADX/DI"),
+                mpf.make_addplot(values("plus_di"), panel=panel, color="#1a9850"),
+                mpf.make_addplot(values("minus_di"), panel=panel, color="#d73027"),
+            ]
+    return panels, plots
+
+
+def _signal_markers(window: pl.DataFrame, signals: pl.DataFrame) -> list[Any]:
+    """Large arrows at BUY (below the low) and SELL (above the high) signal bars."""
+    import mplfinance as mpf
+    import numpy as np
+
+    missing = {"ts", "signal"} - set(signals.columns)
+    if missing:
+        raise ValueError(f"signals need columns ts and signal; missing {sorted(missing)}")
+    joined = window.select("ts", "high", "low").join(
+        signals.select("ts", pl.col("signal").cast(pl.String)), on="ts", how="left"
+    )
+    offset = float((window["high"] - window["low"]).median() or 0.0) * 1.5
+    plots = []
+    for name, marker, colour, level in (
+        ("BUY", "^", "#2171b5", joined["low"].to_numpy() - offset),
+        ("SELL", "v", "#ff7f00", joined["high"].to_numpy() + offset),
+    ):
+        hit = (joined["signal"] == name).fill_null(False).to_numpy()
+        if hit.any():
+            plots.append(
+                mpf.make_addplot(
+                    np.where(hit, level, np.nan),
+                    type="scatter",
+                    marker=marker,
+                    markersize=90,
+                    color=colour,
+                )
+            )
+    return plots
+
+
+def _trade_segments(window: pl.DataFrame, trades: pl.DataFrame) -> tuple[list[Any], list[str]]:
+    """Entry→exit segments of the trades that lie inside the window (mplfinance ``alines``)."""
+    need = {"entry_ts", "exit_ts", "side", "entry_price", "exit_price"}
+    missing = need - set(trades.columns)
+    if missing:
+        raise ValueError(f"trades need columns {sorted(need)}; missing {sorted(missing)}")
+    first, last = window["ts"].min(), window["ts"].max()
+    inside = trades.filter((pl.col("entry_ts") >= first) & (pl.col("exit_ts") <= last))
+    segments, colours = [], []
+    for row in inside.iter_rows(named=True):
+        sign = 1.0 if row["side"] == "long" else -1.0
+        won = sign * (row["exit_price"] - row["entry_price"]) > 0
+        naive = [row["entry_ts"].replace(tzinfo=None), row["exit_ts"].replace(tzinfo=None)]
+        segments.append([(naive[0], row["entry_price"]), (naive[1], row["exit_price"])])
+        colours.append("#1a9850" if won else "#d73027")
+    return segments, colours
 
 
 def _marker_handle(marker: str, colour: str, label: str) -> Any:
@@ -412,3 +575,132 @@ def _as_utc(value: dt.datetime | str) -> dt.datetime:
     if value.tzinfo is None:
         value = value.replace(tzinfo=dt.UTC)
     return value.astimezone(dt.UTC)
+
+
+def trading_chart(
+    frame: pl.DataFrame,
+    *,
+    signals: pl.DataFrame | None = None,
+    trades: pl.DataFrame | None = None,
+    overlays: tuple[str, ...] = ("bb", "ema"),
+    indicator_params: Any = None,
+    n_bars: int | None = 500,
+    width: int = 900,
+    height: int = 320,
+    title: str = "Price, signals and trades",
+) -> alt.LayerChart:
+    """An interactive Altair candle chart: candles, indicator overlays (``"bb"``, ``"ema"``,
+    ``"sma"``), BUY/SELL signal markers (``signals``: ``ts``, ``signal``) and trades (``trades``:
+    ``entry_ts``, ``exit_ts``, ``side``, ``entry_price``, ``exit_price``; a segment per trade,
+    green when it won), over the last ``n_bars`` bars. Drag to zoom, double-click to reset."""
+    from aiopt_lib.indicators import IndicatorParams, column_name
+
+    ensure_bars(frame.select("ts", "open", "high", "low", "close", "volume"))
+    p = indicator_params or IndicatorParams()
+    data = _with_indicator_columns(frame, overlays, p)
+    data = data if n_bars is None else data.tail(n_bars)
+    first, last = data["ts"].min(), data["ts"].max()
+    zoom = alt.selection_interval(bind="scales", encodings=["x"])
+    candles = data.select(
+        "ts", "open", "high", "low", "close", (pl.col("close") >= pl.col("open")).alias("up")
+    )
+    base = alt.Chart(_inline(candles)).encode(
+        x=alt.X("ts:T", title=None),
+        color=alt.condition("datum.up", alt.value("#26a69a"), alt.value("#ef5350")),
+    )
+    wicks = base.mark_rule().encode(
+        y=alt.Y("low:Q", scale=alt.Scale(zero=False), title="price"), y2="high:Q"
+    )
+    bodies = base.mark_bar(width={"band": 0.7}).encode(
+        y="open:Q",
+        y2="close:Q",
+        tooltip=[
+            alt.Tooltip("ts:T", format="%Y-%m-%d %H:%M"),
+            *(alt.Tooltip(f"{c}:Q", format=".5f") for c in ("open", "high", "low", "close")),
+        ],
+    )
+    layers: list[Any] = [wicks.add_params(zoom), bodies]
+    kinds = {"bb": ("bb_upper", "bb_basis", "bb_lower"), "ema": ("ema",), "sma": ("sma",)}
+    unknown = sorted(set(overlays) - set(kinds))
+    if unknown:
+        raise ValueError(f"unknown overlay(s) {unknown}; use {sorted(kinds)}")
+    names = [column_name(k, p) for o in overlays for k in kinds[o]]
+    if names:
+        lines = data.select("ts", *names)
+        layers.append(
+            alt.Chart(_inline(lines))
+            .transform_fold(names, as_=["series", "value"])
+            .mark_line(strokeWidth=1)
+            .encode(
+                x="ts:T",
+                y="value:Q",
+                color=alt.Color("series:N", title=None),
+                strokeDash=alt.value([1, 0]),
+            )
+        )
+    if signals is not None:
+        marks = (
+            data.select("ts", "high", "low")
+            .join(signals.select("ts", pl.col("signal").cast(pl.String)), on="ts", how="inner")
+            .filter(pl.col("signal").is_in(["BUY", "SELL"]))
+            .with_columns(
+                pl.when(pl.col("signal") == "BUY")
+                .then(pl.col("low"))
+                .otherwise(pl.col("high"))
+                .alias("at")
+            )
+        )
+        if marks.height:
+            layers.append(
+                alt.Chart(_inline(marks))
+                .mark_point(filled=True, size=90)
+                .encode(
+                    x="ts:T",
+                    y="at:Q",
+                    shape=alt.Shape(
+                        "signal:N",
+                        scale=alt.Scale(
+                            domain=["BUY", "SELL"], range=["triangle-up", "triangle-down"]
+                        ),
+                    ),
+                    fill=alt.Fill(
+                        "signal:N",
+                        scale=alt.Scale(domain=["BUY", "SELL"], range=["#2171b5", "#ff7f00"]),
+                    ),
+                    tooltip=["signal:N", alt.Tooltip("ts:T", format="%Y-%m-%d %H:%M")],
+                )
+            )
+    if trades is not None and trades.height:
+        inside = trades.filter(
+            (pl.col("entry_ts") >= first) & (pl.col("exit_ts") <= last)
+        ).with_columns(
+            (
+                pl.when(pl.col("side") == "long").then(1.0).otherwise(-1.0)
+                * (pl.col("exit_price") - pl.col("entry_price"))
+                > 0
+            ).alias("won")
+        )
+        if inside.height:
+            layers.append(
+                alt.Chart(
+                    _inline(
+                        inside.select(
+                            "entry_ts", "exit_ts", "side", "entry_price", "exit_price", "won"
+                        )
+                    )
+                )
+                .mark_rule(strokeWidth=2.5)
+                .encode(
+                    x="entry_ts:T",
+                    x2="exit_ts:T",
+                    y="entry_price:Q",
+                    y2="exit_price:Q",
+                    color=alt.condition("datum.won", alt.value("#1a9850"), alt.value("#d73027")),
+                    tooltip=["side:N", "entry_ts:T", "exit_ts:T", "entry_price:Q", "exit_price:Q"],
+                )
+            )
+    return (
+        alt.layer(*layers)
+        .resolve_scale(color="independent")
+        .properties(width=width, height=height, title=title)
+    )

@@ -131,3 +131,44 @@ def test_indicator_panels_and_class_balance(sample):
     balance_spec = charts.class_balance_chart(class_balance(labels)).to_dict()
     values = next(iter(balance_spec["datasets"].values()))
     assert sorted(v["class"] for v in values) == ["BUY", "HOLD", "SELL"]
+
+
+def _signals_and_trades(frame: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
+    tail = frame.tail(60)
+    signals = pl.DataFrame({"ts": [tail["ts"][5], tail["ts"][30]], "signal": ["BUY", "SELL"]})
+    trades = pl.DataFrame(
+        {
+            "entry_ts": [tail["ts"][6], tail["ts"][31]],
+            "exit_ts": [tail["ts"][20], tail["ts"][50]],
+            "side": ["long", "short"],
+            "entry_price": [tail["open"][6], tail["open"][31]],
+            "exit_price": [tail["close"][20], tail["close"][50]],
+        }
+    )
+    return signals, trades
+
+
+def test_candle_chart_with_indicator_panels_signals_and_trades(sample):
+    signals, trades = _signals_and_trades(sample)
+    fig = charts.candle_chart(
+        sample, n_bars=60, indicators=("bb", "ema", "rsi", "macd"), signals=signals, trades=trades
+    )
+    labels = [ax.get_ylabel() for ax in fig.get_axes()]
+    assert "RSI" in labels and "MACD" in labels
+    texts = [t.get_text() for t in fig.get_axes()[0].get_legend().get_texts()]
+    assert "BUY signal" in texts and "SELL signal" in texts
+    # two trade segments drawn on the price axes, one per trade
+    segments = [c for c in fig.get_axes()[0].collections if type(c).__name__ == "LineCollection"]
+    assert sum(len(c.get_segments()) for c in segments) >= 2
+    with pytest.raises(ValueError, match="unknown indicator"):
+        charts.candle_chart(sample, indicators=("vwap",))
+
+
+def test_trading_chart_layers(sample):
+    signals, trades = _signals_and_trades(sample)
+    spec = charts.trading_chart(sample, signals=signals, trades=trades, n_bars=60).to_dict()
+    marks = [layer["mark"]["type"] for layer in spec["layer"]]
+    assert marks.count("rule") == 2 and "bar" in marks and "line" in marks and "point" in marks
+    sizes = sorted(len(v) for v in spec["datasets"].values())
+    assert sizes == [2, 2, 60, 60]
+    assert spec["params"][0]["bind"] == "scales"  # zoom
