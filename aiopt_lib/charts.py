@@ -386,7 +386,7 @@ def _signal_markers(window: pl.DataFrame, signals: pl.DataFrame) -> list[Any]:
     joined = window.select("ts", "high", "low").join(
         signals.select("ts", pl.col("signal").cast(pl.String)), on="ts", how="left"
     )
-    offset = float((window["high"] - window["low"]).median() or 0.0) * 1.5
+    offset = float((window["high"] - window["low"]).median() or 0.0) * 0.9
     plots = []
     for name, marker, colour, level in (
         ("BUY", "^", "#2171b5", joined["low"].to_numpy() - offset),

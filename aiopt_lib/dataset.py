@@ -112,8 +112,13 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
     return manifest
 
 
-def read_samples(path: str | Path, *, symbol: str | None = None) -> pl.DataFrame:
-    """All samples of a dataset folder, sorted by symbol and time (schema versions checked)."""
+def read_samples(
+    path: str | Path, *, symbol: str | None = None, images: bool = False
+) -> pl.DataFrame:
+    """All samples of a dataset folder, sorted by symbol and time (schema versions checked).
+
+    ``images=True`` adds the binary ``image`` column (PNG bytes; null where none was rendered
+    yet, see :func:`render_dataset_images`)."""
     root = Path(path)
     read_manifest(root)
     files = sorted((root / "samples").glob("symbol=*/year=*/*.parquet"))
@@ -123,7 +128,10 @@ def read_samples(path: str | Path, *, symbol: str | None = None) -> pl.DataFrame
         raise DataError("dataset has no sample files", file=root / "samples")
     for file in files:
         check_schema_version(file)
-    return pl.concat([pl.read_parquet(f) for f in files], how="vertical").sort("symbol", "ts")
+    samples = pl.concat([pl.read_parquet(f) for f in files], how="vertical").sort("symbol", "ts")
+    if images:
+        samples = samples.join(read_images(root), on="sample_id", how="left")
+    return samples
 
 
 def read_dataset_bars(path: str | Path, symbol: str) -> pl.DataFrame:
@@ -432,3 +440,147 @@ def build_dataset(
     }
     write_manifest(root, manifest)
     return DatasetBuild(path=root, manifest=manifest)
+
+
+# ---------------------------------------------------------------------------------------------
+# Images of the samples
+
+IMAGES_DIR = "images"
+RENDER_SPEC_FILE = "render_spec.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class ImagesResult:
+    """What :func:`render_dataset_images` did: images rendered now, found already done, total."""
+
+    rendered: int
+    skipped: int
+    total: int
+    location: Path
+
+
+def _spec_record(spec: Any) -> dict[str, Any]:
+    return {"aiopt.schema_version": SCHEMA_VERSION, "spec": _as_plain(spec)}
+
+
+def _check_or_write_spec(images_root: Path, spec: Any) -> None:
+    """Images of one dataset folder are all drawn with one spec: refuse to mix."""
+    path = images_root / RENDER_SPEC_FILE
+    record = _spec_record(spec)
+    if path.is_file():
+        existing = json.loads(path.read_text(encoding="utf-8"))
+        if existing != json.loads(json.dumps(record, default=str)):
+            raise ConfigError(
+                f"{path}: images there were drawn with another render spec "
+                f"({existing.get('spec')}); delete {images_root} or use the same spec"
+            )
+        return
+    write_text_atomic(path, json.dumps(record, indent=2, default=str))
+
+
+def image_path(dataset: str | Path, symbol: str, sample_id: str) -> Path:
+    """Where folder-mode images live: ``<dataset>/images/<symbol>/<sample_id>.png``."""
+    return Path(dataset) / IMAGES_DIR / symbol / f"{sample_id}.png"
+
+
+def _done_in_column_mode(root: Path) -> set[str]:
+    done: set[str] = set()
+    for file in root.glob("symbol=*/part-*.parquet"):
+        check_schema_version(file)
+        done.update(pl.read_parquet(file, columns=["sample_id"])["sample_id"].to_list())
+    return done
+
+
+def render_dataset_images(
+    dataset: str | Path,
+    spec: Any = None,
+    *,
+    mode: str = "folder",
+    workers: int | None = None,
+    batch_size: int = 1024,
+    progress: bool = True,
+) -> ImagesResult:
+    """Render the chart image of every sample of a dataset (the ``window`` bars ending at its ts).
+
+    ``mode="folder"``: one PNG per sample at :func:`image_path` (keyed by ``sample_id``).
+    ``mode="column"``: Parquet chunks ``images/symbol=S/part-N.parquet`` with ``sample_id`` and a
+    binary ``image`` column (PNG bytes), joined to the samples by :func:`read_samples` with
+    ``images=True``. Resumable and idempotent: samples whose image exists are skipped, every file
+    is written atomically, and a rerun after an interruption renders only what is missing. All
+    images of a folder use one :class:`aiopt_lib.render.RenderSpec` (a different one is refused).
+    """
+    from tqdm.auto import tqdm
+
+    from aiopt_lib.render import RenderSpec, render_windows, with_overlays
+
+    if mode not in ("folder", "column"):
+        raise ConfigError(f"mode must be 'folder' or 'column', got {mode!r}")
+    spec = spec or RenderSpec()
+    root = Path(dataset)
+    samples = read_samples(root).select("sample_id", "symbol", "ts", "window")
+    images_root = root / IMAGES_DIR
+    _check_or_write_spec(images_root, spec)
+    done = _done_in_column_mode(images_root) if mode == "column" else set()
+    rendered = skipped = 0
+    for (symbol,), part in samples.group_by(["symbol"], maintain_order=True):
+        bars = with_overlays(read_dataset_bars(root, symbol), spec)
+        ends = part.join(bars.select("ts").with_row_index("_end"), on="ts", how="left").get_column(
+            "_end"
+        )
+        if ends.null_count():
+            raise DataError(
+                f"{ends.null_count()} sample(s) of {symbol} have no bar in the dataset's bars",
+                file=root,
+            )
+        part = part.with_columns(ends.alias("_end"))
+        if mode == "folder":
+            # only complete files exist under their final name (atomic writes)
+            done = {f.stem for f in (images_root / symbol).glob("*.png")}
+        todo = part.filter(~pl.col("sample_id").is_in(list(done)))
+        skipped += part.height - todo.height
+        seq = len(list((images_root / f"symbol={symbol}").glob("part-*.parquet")))
+        bar = tqdm(total=todo.height, desc=f"images {symbol}", unit="img", disable=not progress)
+        for (window,), group in todo.group_by(["window"], maintain_order=True):
+            for offset in range(0, group.height, batch_size):
+                batch = group.slice(offset, batch_size)
+                pngs = render_windows(
+                    bars, batch["_end"].to_numpy(), int(window), spec, output="png", workers=workers
+                )
+                if mode == "folder":
+                    from aiopt_lib.atomic import write_bytes_atomic
+
+                    for sample_id, png in zip(batch["sample_id"], pngs, strict=True):
+                        write_bytes_atomic(image_path(root, symbol, sample_id), png)
+                else:
+                    chunk = pl.DataFrame(
+                        {"sample_id": batch["sample_id"], "image": pl.Series(pngs, dtype=pl.Binary)}
+                    )
+                    write_parquet_atomic(
+                        chunk,
+                        images_root / f"symbol={symbol}" / f"part-{seq:05d}.parquet",
+                        metadata=_metadata({"aiopt.kind": "images"}),
+                    )
+                    seq += 1
+                rendered += batch.height
+                bar.update(batch.height)
+        bar.close()
+    return ImagesResult(
+        rendered=rendered, skipped=skipped, total=samples.height, location=images_root
+    )
+
+
+def read_images(dataset: str | Path) -> pl.DataFrame:
+    """``sample_id`` and ``image`` (PNG bytes) of a dataset's images, from either mode."""
+    root = Path(dataset) / IMAGES_DIR
+    chunks = sorted(root.glob("symbol=*/part-*.parquet"))
+    if chunks:
+        for chunk in chunks:
+            check_schema_version(chunk)
+        return pl.concat([pl.read_parquet(c) for c in chunks]).unique("sample_id", keep="last")
+    files = sorted(root.glob("*/*.png"))
+    return pl.DataFrame(
+        {
+            "sample_id": [f.stem for f in files],
+            "image": pl.Series([f.read_bytes() for f in files], dtype=pl.Binary),
+        }
+    )
