@@ -27,7 +27,7 @@ from aiopt_lib.cleaning import (
     clean_bars,
     validate_bars,
 )
-from aiopt_lib.dataset import DatasetConfig, build_dataset, read_samples
+from aiopt_lib.dataset import DatasetConfig, build_dataset, read_samples, render_dataset_images
 from aiopt_lib.errors import AioptError, BarsSchemaError, ConfigError, DataError
 from aiopt_lib.explore import describe_bars, hour_of_week_profile
 from aiopt_lib.features import FeatureParams, add_features, feature_columns
@@ -109,6 +109,7 @@ __all__ = [
     "read_samples",
     "read_source",
     "read_stream",
+    "render_dataset_images",
     "resample_bars",
     "ticks_to_bars",
     "timeframe_label",

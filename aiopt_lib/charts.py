@@ -704,3 +704,56 @@ def trading_chart(
         .resolve_scale(color="independent")
         .properties(width=width, height=height, title=title)
     )
+
+
+def image_grid(
+    images: Any,
+    titles: list[str] | None = None,
+    *,
+    ncols: int = 6,
+    size: float = 2.0,
+    suptitle: str | None = None,
+) -> Any:
+    """A matplotlib Figure showing images (an ``(n, H, W, 3)`` uint8 array or a list of PNG
+    bytes) in a grid, each with an optional title (e.g. its label)."""
+    import io
+
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    if isinstance(images, list | tuple) and images and isinstance(images[0], bytes | bytearray):
+        images = [plt.imread(io.BytesIO(png), format="png") for png in images]
+    n = len(images)
+    if n == 0:
+        raise ValueError("no images to show")
+    ncols = min(ncols, n)
+    nrows = -(-n // ncols)
+    fig, axes = plt.subplots(
+        nrows, ncols, figsize=(size * ncols, size * nrows * 1.1), squeeze=False
+    )
+    for k, ax in enumerate(np.ravel(axes)):
+        ax.axis("off")
+        if k < n:
+            ax.imshow(images[k], interpolation="nearest")
+            if titles is not None:
+                ax.set_title(titles[k], fontsize=8)
+    if suptitle:
+        fig.suptitle(suptitle)
+    fig.tight_layout()
+    return fig
+
+
+def figure_to_array(fig: Any, *, dpi: int = 80) -> Any:
+    """Rasterise a matplotlib Figure to an ``(H, W, 3)`` uint8 array and close it (so notebooks
+    do not show it a second time)."""
+    import io
+
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi)
+    plt.close(fig)
+    buffer.seek(0)
+    image = plt.imread(buffer, format="png")
+    return (image[..., :3] * 255).round().astype(np.uint8)

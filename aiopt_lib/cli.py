@@ -6,6 +6,8 @@
     aiopt features FILE --out OUT   bars + all indicators at default parameters + pattern flags
     aiopt dataset build --bars FILE --out DIR [--config FILE]
                                     the labelled, schema-versioned sample dataset (Parquet, zstd)
+    aiopt dataset images --dataset DIR [--mode folder|column]
+                                    the chart image of every sample (resumable)
     aiopt run --config FILE         execute the notebooks of a run with papermill, render HTML reports
 
 Errors print one line (``aiopt: error: ...``) and exit 2; ``--debug`` shows the traceback.
@@ -117,6 +119,24 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--timeframe", help="resample the bars to this timeframe first")
     build.add_argument("--start", help="first time to keep (inclusive), ISO")
     build.add_argument("--end", help="time to stop at (exclusive), ISO")
+
+    images = dataset_commands.add_parser(
+        "images", help="render every sample's chart image (resumable, idempotent)"
+    )
+    images.add_argument("--dataset", required=True, help="dataset folder (from dataset build)")
+    images.add_argument(
+        "--mode", choices=["folder", "column"], default="folder",
+        help="PNG files keyed by sample id, or a binary image column in Parquet chunks",
+    )  # fmt: skip
+    images.add_argument("--style", choices=["candles", "jkx"], default="candles")
+    images.add_argument("--width", type=int, help="image width in pixels (candles: 224)")
+    images.add_argument("--height", type=int, help="image height in pixels (candles: 224)")
+    images.add_argument("--no-volume", action="store_true", help="no volume pane")
+    images.add_argument(
+        "--overlays", default="", help="comma-separated indicator columns, e.g. ema_20,sma_50"
+    )
+    images.add_argument("--workers", type=int, help="worker processes (default: all cores)")
+    images.add_argument("--no-progress", action="store_true")
 
     run = commands.add_parser("run", help="run the notebooks of a configuration with papermill")
     run.add_argument(
@@ -251,7 +271,38 @@ def _cmd_dataset_build(args: argparse.Namespace) -> int:
         f"{counts['samples']} samples from {counts['bars']} bars -> {built.path}"
         + (f" (dropped: {dropped})" if dropped else "")
     )
-    print("class balance: " + ", ".join(f"{k} {v}" for k, v in built.manifest["class_balance"].items()))
+    print(
+        "class balance: "
+        + ", ".join(f"{k} {v}" for k, v in built.manifest["class_balance"].items())
+    )
+    return EXIT_OK
+
+
+def _cmd_dataset_images(args: argparse.Namespace) -> int:
+    from aiopt_lib.dataset import read_manifest, render_dataset_images
+    from aiopt_lib.render import RenderSpec
+
+    manifest = read_manifest(args.dataset)
+    options: dict[str, object] = {"style": args.style, "volume": not args.no_volume}
+    overlays = tuple(o.strip() for o in args.overlays.split(",") if o.strip())
+    if overlays:
+        options["overlays"] = overlays
+    if args.style == "jkx":
+        window = int(manifest["config"]["window"])
+        options.update(width=args.width or 3 * window, height=args.height or 64)
+    else:
+        options.update(width=args.width or 224, height=args.height or 224)
+    result = render_dataset_images(
+        args.dataset,
+        RenderSpec(**options),
+        mode=args.mode,
+        workers=args.workers,
+        progress=not args.no_progress,
+    )
+    print(
+        f"{result.rendered} images rendered, {result.skipped} already there, "
+        f"{result.total} samples -> {result.location}"
+    )
     return EXIT_OK
 
 
@@ -292,7 +343,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     elif args.command == "features":
         handler = _cmd_features
     elif args.command == "dataset":
-        handler = _cmd_dataset_build
+        handler = _cmd_dataset_build if args.dataset_command == "build" else _cmd_dataset_images
     else:
         handler = _cmd_run
     try:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import ast
+import json
 import re
 import shutil
 import subprocess
@@ -86,6 +87,16 @@ def test_default_run_writes_offline_report(tmp_path):
     bars = pl.read_parquet(run_dir / "bars.parquet")
     assert check_bars(bars) == []
     assert bars.height == 6225
+    # notebook 02: the dataset, every sample's image, the grid, the comparison, the class means
+    page02 = (report_dir / "02_chart_rendering.html").read_text(encoding="utf-8")
+    assert "Training images" in page02 and "Mean image per class" in page02
+    assert page02.count("data:image/png;base64") >= 3
+    assert "Traceback" not in page02
+    manifest = json.loads((run_dir / "dataset" / "dataset.json").read_text())
+    images = list((run_dir / "dataset" / "images" / "EURUSD").glob("*.png"))
+    assert len(images) == manifest["counts"]["samples"] > 6000
+    index = (report_dir / "index.html").read_text(encoding="utf-8")
+    assert 'href="02_chart_rendering.html"' in index
     executed = nbformat.read(run_dir / "01_data_exploration.ipynb", as_version=4)
     injected = [c for c in executed.cells if "injected-parameters" in c.metadata.get("tags", [])]
     assert injected and "run_dir" in injected[0].source
