@@ -42,6 +42,7 @@ from aiopt_lib.labels import (
 )
 from aiopt_lib.lookahead import LookaheadError, check_no_lookahead
 from aiopt_lib.patterns import PATTERNS, PatternParams, add_patterns, pattern_columns
+from aiopt_lib.render import RenderSpec, render_window, render_windows, with_overlays
 from aiopt_lib.resample import resample_bars, ticks_to_bars
 from aiopt_lib.sources import (
     LoadedBars,
@@ -74,6 +75,7 @@ __all__ = [
     "LoadedBars",
     "LookaheadError",
     "PatternParams",
+    "RenderSpec",
     "SchemaMismatchError",
     "Split",
     "StreamWriter",
@@ -110,11 +112,14 @@ __all__ = [
     "read_source",
     "read_stream",
     "render_dataset_images",
+    "render_window",
+    "render_windows",
     "resample_bars",
     "ticks_to_bars",
     "timeframe_label",
     "triple_barrier_labels",
     "validate_bars",
     "walk_forward_splits",
+    "with_overlays",
     "write_parquet_atomic",
 ]
