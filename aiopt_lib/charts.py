@@ -757,3 +757,71 @@ def figure_to_array(fig: Any, *, dpi: int = 80) -> Any:
     buffer.seek(0)
     image = plt.imread(buffer, format="png")
     return (image[..., :3] * 255).round().astype(np.uint8)
+
+
+def learning_curves_chart(histories: dict[str, pl.DataFrame], *, width: int = 420) -> alt.Chart:
+    """Training and validation loss per epoch, one line colour per model, solid for training and
+    dashed for validation. Each history has ``epoch``, ``train_loss`` and ``valid_loss``."""
+    frames = []
+    for name, history in histories.items():
+        frames.append(
+            history.select(
+                pl.lit(name).alias("model"),
+                pl.col("epoch").cast(pl.Int64),
+                pl.col("train_loss").cast(pl.Float64).alias("train"),
+                pl.col("valid_loss").cast(pl.Float64).alias("validation"),
+            ).unpivot(index=["model", "epoch"], variable_name="split", value_name="loss")
+        )
+    data = pl.concat(frames)
+    return (
+        alt.Chart(_inline(data))
+        .mark_line(point=True)
+        .encode(
+            x=alt.X("epoch:Q", title="epoch"),
+            y=alt.Y("loss:Q", scale=alt.Scale(zero=False), title="cross-entropy"),
+            color=alt.Color("model:N"),
+            strokeDash=alt.StrokeDash("split:N", sort=["train", "validation"]),
+            tooltip=["model:N", "split:N", "epoch:Q", alt.Tooltip("loss:Q", format=".4f")],
+        )
+        .properties(width=width, height=260, title="Learning curves")
+    )
+
+
+def reliability_chart(tables: dict[str, pl.DataFrame], *, width: int = 320) -> alt.LayerChart:
+    """Reliability diagram: accuracy against mean confidence per bin (top label), one colour per
+    model, with the diagonal of perfect calibration. Each table has ``mean_confidence``,
+    ``accuracy`` and ``count`` columns (:func:`aiopt_lib.evaluation.reliability_table`)."""
+    frames = [
+        t.filter(pl.col("count") > 0).select(
+            pl.lit(name).alias("model"),
+            pl.col("mean_confidence").cast(pl.Float64).alias("confidence"),
+            pl.col("accuracy").cast(pl.Float64),
+            pl.col("count").cast(pl.Int64),
+        )
+        for name, t in tables.items()
+    ]
+    data = pl.concat(frames)
+    diagonal = (
+        alt.Chart(alt.InlineData(values=[{"x": 0.0, "y": 0.0}, {"x": 1.0, "y": 1.0}]))
+        .mark_line(strokeDash=[4, 3], color="#999999")
+        .encode(x="x:Q", y="y:Q")
+    )
+    points = (
+        alt.Chart(_inline(data))
+        .mark_line(point=True)
+        .encode(
+            x=alt.X("confidence:Q", scale=alt.Scale(domain=[0, 1]), title="mean confidence"),
+            y=alt.Y("accuracy:Q", scale=alt.Scale(domain=[0, 1]), title="accuracy"),
+            color="model:N",
+            size=alt.Size("count:Q", legend=None),
+            tooltip=[
+                "model:N",
+                "count:Q",
+                alt.Tooltip("confidence:Q", format=".3f"),
+                alt.Tooltip("accuracy:Q", format=".3f"),
+            ],
+        )
+    )
+    return alt.layer(diagonal, points).properties(
+        width=width, height=width, title="Reliability (test period, top label)"
+    )
