@@ -142,7 +142,9 @@ def load_model(directory: str | Path) -> SignalModel:
     info = json.loads(path.read_text(encoding="utf-8"))
     kind = info.get("kind")
     if kind not in _LOADERS:
-        import aiopt_lib.models  # noqa: F401  registers the built-in kinds
+        # importing registers the built-in kinds (their heavy imports stay lazy)
+        import aiopt_lib.models
+        import aiopt_lib.vlm  # noqa: F401
 
     if kind not in _LOADERS:
         raise ConfigError(f"{path}: unknown model kind {kind!r}; known: {sorted(_LOADERS)}")

@@ -47,7 +47,9 @@ def test_parameters_cell_is_readable_by_papermill(path):
     assert "run_dir" in assigned
 
 
-def run_aiopt(tmp_path: Path, *params: str) -> tuple[subprocess.CompletedProcess, Path, Path]:
+def run_aiopt(
+    tmp_path: Path, *params: str, config: Path | None = None
+) -> tuple[subprocess.CompletedProcess, Path, Path]:
     runs, reports = tmp_path / "runs", tmp_path / "reports"
     args = [
         sys.executable,
@@ -55,7 +57,7 @@ def run_aiopt(tmp_path: Path, *params: str) -> tuple[subprocess.CompletedProcess
         "aiopt_lib.cli",
         "run",
         "--config",
-        str(ROOT / "papermill_runs" / "default.yaml"),
+        str(config or ROOT / "papermill_runs" / "default.yaml"),
         "--runs-dir",
         str(runs),
         "--reports-dir",
@@ -97,6 +99,22 @@ def test_default_run_writes_offline_report(tmp_path):
     assert len(images) == manifest["counts"]["samples"] > 6000
     index = (report_dir / "index.html").read_text(encoding="utf-8")
     assert 'href="02_chart_rendering.html"' in index
+    # notebook 03: every model on one test period, and the test-period predictions stream
+    page03 = (report_dir / "03_multimodal_finetune.html").read_text(encoding="utf-8")
+    assert "Evaluation on the test period" in page03 and "Traceback" not in page03
+    for name in (
+        "majority",
+        "logistic (features)",
+        "gradient boosting (features)",
+        "compact: chart only",
+    ):
+        assert name in page03
+    assert page03.count('class="aiopt-vega"') == 2  # learning curves, reliability
+    predictions = pl.read_parquet(
+        sorted((run_dir / "streams" / "predictions").glob("part-*.parquet"))
+    )
+    assert predictions.height > 800 and predictions["model_id"].unique().to_list() == ["compact"]
+    assert (run_dir / "models" / "compact" / "model.json").is_file()
     executed = nbformat.read(run_dir / "01_data_exploration.ipynb", as_version=4)
     injected = [c for c in executed.cells if "injected-parameters" in c.metadata.get("tags", [])]
     assert injected and "run_dir" in injected[0].source
@@ -106,6 +124,11 @@ def test_default_run_writes_offline_report(tmp_path):
 def test_notebook_01_on_dukascopy_ticks_shows_spread(tmp_path, dukascopy_dir):
     cache = tmp_path / "feed"
     shutil.copytree(dukascopy_dir / "EURUSD", cache / "EURUSD")
+    only_01 = tmp_path / "only01.yaml"
+    only_01.write_text(
+        f"notebooks_dir: {ROOT / 'notebooks'}\nparameters: {{source: sample}}\n"
+        "notebooks: [01_data_exploration]\n"
+    )
     done, run_dir, report_dir = run_aiopt(
         tmp_path,
         f"source={cache}",
@@ -114,6 +137,7 @@ def test_notebook_01_on_dukascopy_ticks_shows_spread(tmp_path, dukascopy_dir):
         "start=2019-02-04",
         "end=2019-02-06",
         "01_data_exploration.window_bars=90",
+        config=only_01,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     bars = pl.read_parquet(run_dir / "bars.parquet")
