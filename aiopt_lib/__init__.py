@@ -29,6 +29,13 @@ from aiopt_lib.cleaning import (
 )
 from aiopt_lib.dataset import DatasetConfig, build_dataset, read_samples, render_dataset_images
 from aiopt_lib.errors import AioptError, BarsSchemaError, ConfigError, DataError
+from aiopt_lib.evaluation import (
+    TemperatureScaler,
+    classification_metrics,
+    evaluation_table,
+    pattern_recognition_report,
+    predictions_frame,
+)
 from aiopt_lib.explore import describe_bars, hour_of_week_profile
 from aiopt_lib.features import FeatureParams, add_features, feature_columns
 from aiopt_lib.indicators import IndicatorParams, add_indicators, indicator_columns
@@ -41,9 +48,17 @@ from aiopt_lib.labels import (
     triple_barrier_labels,
 )
 from aiopt_lib.lookahead import LookaheadError, check_no_lookahead
+from aiopt_lib.models import (
+    CompactChartNet,
+    CompactConfig,
+    GradientBoostingBaseline,
+    LogisticBaseline,
+    MajorityBaseline,
+)
 from aiopt_lib.patterns import PATTERNS, PatternParams, add_patterns, pattern_columns
 from aiopt_lib.render import RenderSpec, render_window, render_windows, with_overlays
 from aiopt_lib.resample import resample_bars, ticks_to_bars
+from aiopt_lib.signals import SampleSet, SignalModel, load_model, load_sample_set
 from aiopt_lib.sources import (
     LoadedBars,
     list_samples,
@@ -54,6 +69,7 @@ from aiopt_lib.sources import (
 )
 from aiopt_lib.splits import Split, purged_kfold_splits, purged_split, walk_forward_splits
 from aiopt_lib.streams import SchemaMismatchError, Streams, StreamWriter, read_stream
+from aiopt_lib.vlm import VisionLanguageSignalModel, VlmTrainConfig
 
 __version__ = "0.1.0"
 
@@ -65,23 +81,33 @@ __all__ = [
     "AioptError",
     "BarsSchemaError",
     "CleaningPolicy",
+    "CompactChartNet",
+    "CompactConfig",
     "ConfigError",
     "DataError",
     "DatasetConfig",
     "FeatureParams",
     "Flag",
     "ForwardReturnParams",
+    "GradientBoostingBaseline",
     "IndicatorParams",
     "LoadedBars",
+    "LogisticBaseline",
     "LookaheadError",
+    "MajorityBaseline",
     "PatternParams",
     "RenderSpec",
+    "SampleSet",
     "SchemaMismatchError",
+    "SignalModel",
     "Split",
     "StreamWriter",
     "Streams",
+    "TemperatureScaler",
     "TripleBarrierParams",
     "ValidationReport",
+    "VisionLanguageSignalModel",
+    "VlmTrainConfig",
     "__version__",
     "add_features",
     "add_indicators",
@@ -91,10 +117,12 @@ __all__ = [
     "check_no_lookahead",
     "check_ticks",
     "class_balance",
+    "classification_metrics",
     "classify_gaps",
     "clean_bars",
     "describe_bars",
     "ensure_bars",
+    "evaluation_table",
     "feature_columns",
     "forward_return_labels",
     "hour_of_week_profile",
@@ -103,9 +131,13 @@ __all__ = [
     "list_samples",
     "load_bars",
     "load_bars_report",
+    "load_model",
     "load_sample",
+    "load_sample_set",
     "parse_timeframe",
     "pattern_columns",
+    "pattern_recognition_report",
+    "predictions_frame",
     "purged_kfold_splits",
     "purged_split",
     "read_samples",

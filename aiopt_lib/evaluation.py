@@ -403,7 +403,9 @@ def pattern_recognition_report(
     Columns: ``pattern``, ``n`` (rows scored), ``support`` (rows flagged by the detector),
     ``predicted_positives``, ``true_positives``, ``precision = TP / predicted_positives`` (null
     when nothing was predicted), ``recall = TP / support`` (null when the pattern never
-    occurs), ``f1 = 2 TP / (2 TP + FP + FN)`` (null when precision or recall is null).
+    occurs), ``f1 = 2 TP / (2 TP + FP + FN)`` (null when precision or recall is null), and
+    ``lift = precision / (support / n)``: how much more often a predicted pattern is real than
+    a random guess at the pattern's base rate (1 = no better than chance).
     """
     flags = np.asarray(true_flags, dtype=np.float64)
     scores = np.asarray(predicted_proba, dtype=np.float64)
@@ -446,7 +448,10 @@ def pattern_recognition_report(
         .with_columns(
             f1=pl.when(pl.col("precision").is_not_null() & pl.col("recall").is_not_null()).then(
                 2 * pl.col("true_positives") / (pl.col("support") + pl.col("predicted_positives"))
-            )
+            ),
+            lift=pl.when((pl.col("support") > 0) & pl.col("precision").is_not_null()).then(
+                pl.col("precision") / (pl.col("support") / pl.col("n"))
+            ),
         )
     )
 

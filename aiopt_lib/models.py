@@ -490,9 +490,15 @@ class CompactConfig:
     * ``pattern_weight``: weight of the auxiliary pattern loss (BCE over the ``pat_*`` flags,
       predicted from the chart embedding only, so the head must *see* the pattern; in
       ``"features"`` mode, which has no chart, from the fused embedding); 0 turns it off.
+    * ``pattern_pos_weight_cap``: patterns are rare (a hammer on ~1.5 % of bars), so each
+      pattern's positive BCE term is weighted by ``negatives / positives`` on the training rows,
+      capped here (1 turns the balancing off); without it the head learns to say "no pattern".
     * ``class_weighting``: ``"balanced"`` weighs each class's cross-entropy by
       ``n / (3 · count)`` on the training labels (HOLD is rare under triple-barrier labels; an
       unweighted loss learns to never say it); ``"none"``: plain cross-entropy.
+    * ``stop_on``: the validation loss early stopping watches: ``"signal"`` (the class-weighted
+      cross-entropy; ``best_valid_loss`` is that loss) or ``"total"`` (plus ``pattern_weight`` ×
+      the pattern loss: for a network trained to read patterns).
     * ``epochs``: at most; ``patience``: epochs without a lower validation loss before stopping;
       the weights of the epoch with the lowest validation loss are kept.
     * ``batch_size``, ``learning_rate``, ``weight_decay`` (AdamW, constant rate),
@@ -509,6 +515,8 @@ class CompactConfig:
     hidden: int = 64
     dropout: float = 0.2
     pattern_weight: float = 0.3
+    pattern_pos_weight_cap: float = 20.0
+    stop_on: Literal["signal", "total"] = "signal"
     class_weighting: Literal["balanced", "none"] = "balanced"
     epochs: int = 20
     patience: int = 4
@@ -536,6 +544,8 @@ class CompactConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ConfigError(f"{name} must be an int >= 1, got {value!r}")
+        if self.stop_on not in ("signal", "total"):
+            raise ConfigError(f"stop_on must be 'signal' or 'total', got {self.stop_on!r}")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
         if self.pattern_weight < 0 or self.learning_rate <= 0 or self.weight_decay < 0:
@@ -567,6 +577,9 @@ class CompactConfig:
         return cls(**values)
 
 
+EDGE_COLUMNS = 2  # feature-map columns the pattern head sees: ~the last 4 bars of a 64-bar chart
+
+
 def _build_network(
     config: CompactConfig, n_features: int, n_patterns: int, image_shape: tuple[int, int]
 ) -> torch.nn.Module:
@@ -575,6 +588,8 @@ def _build_network(
     CNN: three blocks ``conv3×3 → BatchNorm → ReLU → max-pool 2`` (the first convolution has
     stride 2, so a 132×64 chart costs little), then average-pooled to a 4×4 grid (keeps where on
     the chart things happen: the last candles are on the right) and projected to ``hidden``.
+    The pattern head reads only the right-most :data:`EDGE_COLUMNS` columns of the feature map
+    (the last few bars), pooled to 8×2, so it must find the pattern where the rules look.
     The feature standardisation statistics are buffers, so they travel with the weights.
     """
     import torch
@@ -602,7 +617,18 @@ def _build_network(
                     nn.BatchNorm2d(c3),
                     nn.ReLU(),
                     nn.MaxPool2d(2),
+                )
+                self.chart_summary = nn.Sequential(
                     nn.AdaptiveAvgPool2d((4, 4)),
+                    nn.Flatten(),
+                    nn.Linear(c3 * 16, hidden),
+                    nn.ReLU(),
+                )
+                # Candlestick patterns are about the last 1-3 bars, which sit at the right
+                # edge of the chart: the pattern head reads the right-most columns of the
+                # feature map at full vertical resolution, not the whole-chart summary.
+                self.edge = nn.Sequential(
+                    nn.AdaptiveAvgPool2d((8, 2)),
                     nn.Flatten(),
                     nn.Linear(c3 * 16, hidden),
                     nn.ReLU(),
@@ -630,8 +656,10 @@ def _build_network(
             seen = None
             if config.uses_image:
                 assert images is not None
-                seen = self.cnn(images.permute(0, 3, 1, 2).float() / 255.0)
-                parts.append(seen)
+                feature_map = self.cnn(images.permute(0, 3, 1, 2).float() / 255.0)
+                right_edge = feature_map[:, :, :, -EDGE_COLUMNS:]
+                seen = self.edge(right_edge)
+                parts.append(self.chart_summary(feature_map))
             if config.uses_features:
                 assert features is not None
                 z = (features - self.feature_mean) / self.feature_std
@@ -707,6 +735,7 @@ class CompactChartNet:
         self.feature_names: tuple[str, ...] = ()
         self.pattern_names: tuple[str, ...] = ()
         self.class_weights: np.ndarray | None = None
+        self.pattern_pos_weight: np.ndarray | None = None
         self.best_epoch: int | None = None
         self.network: torch.nn.Module | None = None
 
@@ -805,7 +834,12 @@ class CompactChartNet:
                     weight_sum += float(w.double().sum())
                 if patterns is not None:
                     bce = F.binary_cross_entropy_with_logits(
-                        pattern_logits.cpu(), torch.from_numpy(patterns[idx]), reduction="sum"
+                        pattern_logits.cpu(),
+                        torch.from_numpy(patterns[idx]),
+                        reduction="sum",
+                        pos_weight=None
+                        if self.pattern_pos_weight is None
+                        else torch.from_numpy(self.pattern_pos_weight),
                     )
                     bce_sum += float(bce)
         ce = ce_sum / weight_sum if weight_sum else math.nan
@@ -856,6 +890,13 @@ class CompactChartNet:
             )
         else:
             self.class_weights = np.ones(N_CLASSES)
+        flags = self._pattern_targets(train)
+        if flags is not None and flags.size:
+            positives = flags.sum(axis=0)
+            ratio = (len(flags) - positives) / np.maximum(positives, 1.0)
+            self.pattern_pos_weight = np.clip(ratio, 1.0, config.pattern_pos_weight_cap).astype(
+                np.float32
+            )
         writer, run_id = self._writer()
         rng = np.random.default_rng(config.seed)
         device = self._device()
@@ -877,6 +918,11 @@ class CompactChartNet:
             patterns = self._pattern_targets(train)
             pattern_all = None if patterns is None else torch.tensor(patterns)
             class_weights = torch.from_numpy(self.class_weights.astype(np.float32)).to(device)
+            pos_weight = (
+                None
+                if self.pattern_pos_weight is None
+                else torch.from_numpy(self.pattern_pos_weight).to(device)
+            )
             optimiser = torch.optim.AdamW(
                 self.network.parameters(),
                 lr=config.learning_rate,
@@ -908,7 +954,7 @@ class CompactChartNet:
                     pattern_loss = torch.zeros(())
                     if pattern_all is not None:
                         pattern_loss = F.binary_cross_entropy_with_logits(
-                            pattern_logits, pattern_all[index].to(device)
+                            pattern_logits, pattern_all[index].to(device), pos_weight=pos_weight
                         )
                         total = loss + config.pattern_weight * pattern_loss
                     optimiser.zero_grad(set_to_none=True)
@@ -967,8 +1013,14 @@ class CompactChartNet:
                         ]
                     )
                 bar.set_postfix(train=f"{row['train_loss']:.4f}", valid=f"{valid_loss:.4f}")
-                if valid_loss < best_loss:
-                    best_loss = valid_loss
+                # "total" also counts the pattern head's loss, for pattern-reading networks
+                monitored = (
+                    valid_loss + config.pattern_weight * valid_pattern
+                    if config.stop_on == "total"
+                    else valid_loss
+                )
+                if monitored < best_loss:
+                    best_loss = monitored
                     self.best_epoch = epoch
                     best_state = copy.deepcopy(self.network.state_dict())
                 elif epoch - (self.best_epoch or 0) >= config.patience:

@@ -351,6 +351,7 @@ def test_pattern_recognition_report_by_hand() -> None:
         "precision": 0.5,
         "recall": 0.5,
         "f1": 0.5,
+        "lift": 1.0,  # precision 0.5 at a base rate of 2/4: no better than chance
     }
     # b and c: occur, never predicted -> precision undefined (null), recall 0, F1 null
     assert rows["b"]["precision"] is None
@@ -362,6 +363,8 @@ def test_pattern_recognition_report_by_hand() -> None:
     assert rows["d"]["precision"] == 0.5
     assert rows["d"]["recall"] == 1.0
     assert rows["d"]["f1"] == pytest.approx(2 * 0.5 * 1.0 / 1.5)
+    assert rows["d"]["lift"] == pytest.approx(0.5 / (1 / 3))
+    assert rows["b"]["lift"] is None
     # a pattern that never occurs and is never predicted: all undefined, no error
     empty = pattern_recognition_report(np.zeros((3, 1)), np.zeros((3, 1)), ["never"])
     assert empty.row(0, named=True)["precision"] is None

@@ -327,3 +327,20 @@ def test_the_chart_alone_is_enough_to_learn_what_it_shows(
     accuracy = float((model.predict_proba(test).argmax(1) == test.labels).mean())
     floor = max(np.bincount(test.labels) / len(test))
     assert accuracy > floor + 0.15
+
+
+def test_stop_on_total_counts_the_pattern_loss_and_is_validated(
+    parts: tuple[SampleSet, SampleSet, SampleSet],
+) -> None:
+    from aiopt_lib.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="stop_on"):
+        CompactConfig(stop_on="pattern")
+    train, valid, _ = parts
+    model = CompactChartNet(
+        small_config(stop_on="total", pattern_weight=1.0, epochs=4), progress=False
+    )
+    report = model.fit(train, valid)
+    totals = (report.history["valid_loss"] + report.history["valid_pattern_loss"]).to_list()
+    assert report.best_valid_loss == pytest.approx(min(totals))
+    assert report.best_epoch == int(np.argmin(totals)) + 1
