@@ -37,6 +37,27 @@ NF4 through bitsandbytes; GPU only). Checkpoints (adapter as safetensors + optim
 state + step) every ``checkpoint_every`` steps, and resume from the latest one. Metrics go to a
 tqdm bar and, optionally, to a ``training_metrics`` stream (:mod:`aiopt_lib.streams`).
 ``merge=True`` folds the adapters into the weights (``merge_and_unload``) after training.
+
+Pattern questions
+-----------------
+The model also learns to see the candlestick patterns that the rule-based detectors flag (the
+``pat_*`` columns of the sample set). Each question is its own short single-turn prompt, not an
+extension of the signal answer, so the signal prompt and its scoring stay exactly as above:
+the chart image, the sentence introducing it and ``Is there a {name} pattern at the last candle?
+Answer yes or no.`` (:func:`build_pattern_prompt`, no indicator table: the patterns are visual,
+and the prompt stays short), with the assistant's answer prefilled with ``Answer: ``.
+:meth:`VisionLanguageSignalModel.predict_pattern_proba` scores ``P(yes)`` as the softmax over the
+``yes``/``no`` tokens' logits at the next position, for all ``n x k`` (sample, pattern) questions
+in left-padded batches of ``batch_size``, one forward pass each. The answer tokens are checked
+at load time as for the labels (:func:`find_answer_tokens`: ``yes``/``no``, `` yes``/`` no``,
+``Yes``/``No``...). With ``pattern_question=True`` (the default, saved in ``model.json``),
+:meth:`~VisionLanguageSignalModel.fit` appends to each training batch
+``VlmTrainConfig.pattern_questions_per_sample`` pattern questions per sample with the detectors'
+answers (loss on the answer token only), chosen by :func:`choose_pattern_questions` from a
+generator seeded by ``(seed, step)``: each pick is a present pattern or an absent one with equal
+chance (when the sample has both), so that rare patterns are not drowned by "no", and the cost
+of a step grows by at most that many short prompts per sample. The training loss is the mean
+over all answer tokens of the batch; the validation loss and accuracy stay those of the signal.
 """
 
 from __future__ import annotations
@@ -96,6 +117,15 @@ LABEL_CANDIDATES: tuple[tuple[str, tuple[str, str, str]], ...] = (
     ('{"signal": ', ('"BUY', '"SELL', '"HOLD')),
 )
 
+# (prefill, (yes, no)), tried in order by find_answer_tokens.
+ANSWER_CANDIDATES: tuple[tuple[str, tuple[str, str]], ...] = (
+    ("Answer: ", ("yes", "no")),
+    ("Answer:", (" yes", " no")),
+    ("Answer: ", ("Yes", "No")),
+    ("Answer:", (" Yes", " No")),
+    ("Answer: ", ("YES", "NO")),
+)
+
 
 @dataclasses.dataclass(frozen=True)
 class LabelTokens:
@@ -107,6 +137,15 @@ class LabelTokens:
 
 
 @dataclasses.dataclass(frozen=True)
+class AnswerTokens:
+    """How a pattern question is scored: the prefilled text, ``(yes, no)`` and their token ids."""
+
+    prefill: str
+    answers: tuple[str, str]
+    token_ids: tuple[int, int]
+
+
+@dataclasses.dataclass(frozen=True)
 class VlmTrainConfig:
     """Fine-tuning settings of :meth:`VisionLanguageSignalModel.fit`.
 
@@ -114,6 +153,8 @@ class VlmTrainConfig:
     CUDA, off on the CPU. ``quantize_4bit`` (QLoRA) needs CUDA and bitsandbytes.
     ``checkpoint_every`` steps a checkpoint goes to ``checkpoint_dir/step-XXXXXXXX`` (the last
     ``keep_checkpoints`` are kept); ``resume`` continues from the latest one there.
+    ``pattern_questions_per_sample``: pattern questions added per sample and step when the model's
+    ``pattern_question`` is on and the sample set has ``pat_*`` columns (see the module docstring).
     """
 
     epochs: int = 1
@@ -135,6 +176,7 @@ class VlmTrainConfig:
     merge: bool = False
     seed: int = 0
     run_id: str = "vlm"
+    pattern_questions_per_sample: int = 1
 
 
 def language_lora_targets(model: Any, pattern: str = LANGUAGE_PROJECTION_PATTERN) -> list[str]:
@@ -149,6 +191,19 @@ def language_lora_targets(model: Any, pattern: str = LANGUAGE_PROJECTION_PATTERN
     ]
 
 
+def _single_token_ids(tokenizer: Any, prefill: str, words: Sequence[str]) -> list[int] | None:
+    """The token id of each word when it is exactly ONE token after ``prefill`` (tokenizing
+    prefill + word gives the prefill's tokens plus one) and all are distinct; else None."""
+    base = tokenizer.encode(prefill, add_special_tokens=False)
+    ids = []
+    for word in words:
+        full = tokenizer.encode(prefill + word, add_special_tokens=False)
+        if len(full) != len(base) + 1 or full[: len(base)] != base:
+            return None
+        ids.append(int(full[-1]))
+    return ids if len(set(ids)) == len(ids) else None
+
+
 def find_label_tokens(
     tokenizer: Any, candidates: Sequence[tuple[str, Sequence[str]]] = LABEL_CANDIDATES
 ) -> LabelTokens:
@@ -157,19 +212,69 @@ def find_label_tokens(
     token, three distinct ones). Raises ConfigError naming what was tried otherwise."""
     tried = []
     for prefill, labels in candidates:
-        base = tokenizer.encode(prefill, add_special_tokens=False)
-        ids = []
-        for label in labels:
-            full = tokenizer.encode(prefill + label, add_special_tokens=False)
-            if len(full) == len(base) + 1 and full[: len(base)] == base:
-                ids.append(int(full[-1]))
-        if len(ids) == 3 and len(set(ids)) == 3:
+        ids = _single_token_ids(tokenizer, prefill, labels)
+        if ids is not None and len(ids) == 3:
             return LabelTokens(prefill, tuple(labels), tuple(ids))  # type: ignore[arg-type]
         tried.append(f"{prefill!r}+{list(labels)}")
     raise ConfigError(
         "no way to score the labels with one token each in this tokenizer; tried "
         + "; ".join(tried)
     )
+
+
+def find_answer_tokens(
+    tokenizer: Any, candidates: Sequence[tuple[str, Sequence[str]]] = ANSWER_CANDIDATES
+) -> AnswerTokens:
+    """The first candidate (prefill, (yes, no)) whose two answers are each exactly ONE distinct
+    token after the prefill in ``tokenizer``. Raises ConfigError naming what was tried otherwise."""
+    tried = []
+    for prefill, answers in candidates:
+        ids = _single_token_ids(tokenizer, prefill, answers)
+        if ids is not None and len(ids) == 2:
+            return AnswerTokens(prefill, tuple(answers), tuple(ids))  # type: ignore[arg-type]
+        tried.append(f"{prefill!r}+{list(answers)}")
+    raise ConfigError(
+        "no way to score yes/no pattern answers with one token each in this tokenizer; tried "
+        + "; ".join(tried)
+    )
+
+
+def pattern_display_name(column: str) -> str:
+    """The words for a pattern column in a question: ``pat_bullish_engulfing`` ->
+    ``bullish engulfing``."""
+    return column.removeprefix("pat_").replace("_", " ")
+
+
+def build_pattern_prompt(pattern: str) -> str:
+    """The user text of a pattern question about ``pattern`` (a ``pat_*`` column or its words);
+    the chart image goes before it in the turn."""
+    return (
+        "The image is a EUR/USD candlestick chart ending at the current bar.\n"
+        f"Is there a {pattern_display_name(pattern)} pattern at the last candle? "
+        "Answer yes or no."
+    )
+
+
+def choose_pattern_questions(
+    flags: np.ndarray, per_sample: int, rng: np.random.Generator
+) -> list[tuple[int, int, bool]]:
+    """Pattern questions to train on: ``(sample row, pattern column, present)`` triples,
+    ``per_sample`` per row of the ``(n, k)`` 0/1 ``flags`` (NaN = the detector has no value there,
+    never asked). Each pick is a present pattern with probability 1/2 when the row has both
+    present and absent ones (else whichever it has), then uniform among those: balanced answers
+    whatever the patterns' base rates. Rows without any known flag get no question."""
+    flags = np.asarray(flags, dtype=np.float64)
+    chosen = []
+    for row in range(flags.shape[0]):
+        present = np.flatnonzero(flags[row] == 1.0)
+        absent = np.flatnonzero(flags[row] == 0.0)
+        if len(present) + len(absent) == 0:
+            continue
+        for _ in range(per_sample):
+            want_present = bool(rng.random() < 0.5)
+            pool = present if (want_present and len(present)) or not len(absent) else absent
+            chosen.append((row, int(rng.choice(pool)), bool(pool is present)))
+    return chosen
 
 
 def _format_value(value: Any) -> str:
@@ -261,7 +366,8 @@ class VisionLanguageSignalModel:
     :class:`aiopt_lib.streams.StreamWriter`. ``device``/``dtype``: default CUDA + bf16 when
     present, else CPU + float32. ``adapter_dir`` / ``processor_dir``: a saved LoRA adapter and
     processor to load with the base model (used by :func:`aiopt_lib.signals.load_model`).
-    Loading is lazy: constructing the object touches neither disk nor network.
+    ``pattern_question``: train on the pattern questions too (module docstring); the yes/no
+    tokens are then checked at load time. Loading is lazy: constructing the object touches neither disk nor network.
     """
 
     kind = KIND
@@ -282,6 +388,7 @@ class VisionLanguageSignalModel:
         dtype: str | None = None,
         adapter_dir: str | Path | None = None,
         processor_dir: str | Path | None = None,
+        pattern_question: bool = True,
     ) -> None:
         self.model_id = str(model_id)
         self.trust_remote_code = trust_remote_code
@@ -299,6 +406,8 @@ class VisionLanguageSignalModel:
         self._model: Any = None
         self._processor: Any = None
         self._labels: LabelTokens | None = None
+        self._answers: AnswerTokens | None = None
+        self.pattern_question = pattern_question
         self.has_adapter = False
         self.merged = False
 
@@ -350,6 +459,12 @@ class VisionLanguageSignalModel:
             self.has_adapter = True
         model.eval()
         self._labels = find_label_tokens(tokenizer)
+        try:
+            self._answers = find_answer_tokens(tokenizer)
+        except ConfigError:
+            if self.pattern_question:
+                raise
+            self._answers = None  # zero-shot pattern questions then fail when asked
         self._processor = processor
         self._model = model
 
@@ -390,6 +505,14 @@ class VisionLanguageSignalModel:
         assert self._labels is not None
         return self._labels
 
+    @property
+    def answer_tokens(self) -> AnswerTokens:
+        """The prefill and the yes/no tokens used for the pattern questions."""
+        self._load()
+        if self._answers is None:
+            self._answers = find_answer_tokens(self.processor.tokenizer)
+        return self._answers
+
     # -- prompts and batches --------------------------------------------------------------------
 
     def _prompt_columns(self, samples: SampleSet) -> tuple[str, ...]:
@@ -405,6 +528,11 @@ class VisionLanguageSignalModel:
         rows = samples.samples.select(list(columns)).to_dicts() if columns else []
         rows = rows or [{} for _ in range(len(samples))]
         return [chat_text(self.processor, build_prompt(row)) + prefill for row in rows]
+
+    def pattern_prompts(self, patterns: Sequence[str]) -> list[str]:
+        """The full model text of the question about each pattern, up to the answer prefill."""
+        prefill = self.answer_tokens.prefill
+        return [chat_text(self.processor, build_pattern_prompt(p)) + prefill for p in patterns]
 
     def _encode(self, texts: list[str], images: list[Any]) -> dict[str, Any]:
         batch = self.processor(images=images, text=texts, padding=True, return_tensors="pt")
@@ -436,6 +564,29 @@ class VisionLanguageSignalModel:
             parts.append(score_labels(model, inputs, self.label_tokens.token_ids).cpu().numpy())
         proba = np.concatenate(parts).astype(np.float64)
         return check_probabilities(proba / proba.sum(axis=1, keepdims=True), len(samples))
+
+    def predict_pattern_proba(self, samples: SampleSet) -> np.ndarray:
+        """P(pattern present at the last candle), ``(n, k)`` over ``samples.pattern_names``: for each
+        (sample, pattern) question the softmax of the ``yes`` vs ``no`` token logits after the
+        answer prefill; the ``n * k`` questions go in batches of ``batch_size``, one forward pass
+        each. Score it with :func:`aiopt_lib.evaluation.pattern_recognition_report`."""
+        names = samples.pattern_names
+        if len(samples) == 0 or not names:
+            return np.zeros((len(samples), len(names)))
+        model = self.model
+        model.eval()
+        questions = self.pattern_prompts(names)
+        images = _images(samples)
+        # sample-major order: row i * k + j is sample i, pattern j
+        pairs = [(i, j) for i in range(len(samples)) for j in range(len(names))]
+        parts = []
+        for start in range(0, len(pairs), self.batch_size):
+            chunk = pairs[start : start + self.batch_size]
+            inputs = self._encode([questions[j] for _, j in chunk], [images[i] for i, _ in chunk])
+            scores = score_labels(model, inputs, self.answer_tokens.token_ids)
+            parts.append(scores[:, 0].cpu().numpy())
+        proba = np.concatenate(parts).astype(np.float64).reshape(len(samples), len(names))
+        return np.clip(proba, 0.0, 1.0)
 
     def explain(self, samples: SampleSet) -> list[str]:
         """One JSON answer per sample, ``{"signal", "confidence", "reasoning"}``: the signal and
@@ -481,20 +632,36 @@ class VisionLanguageSignalModel:
 
     # -- training -------------------------------------------------------------------------------
 
-    def _training_batch(self, samples: SampleSet) -> dict[str, Any]:
-        """Inputs + answer-only labels: the prompt, prefill, label and closing ``"}``."""
+    def _training_batch(
+        self, samples: SampleSet, questions: Sequence[tuple[int, int, bool]] = ()
+    ) -> dict[str, Any]:
+        """Inputs + answer-only labels: per sample the prompt, prefill, label and closing ``"}``;
+        then one row per pattern question ``(sample row, pattern column, present)`` with its
+        yes/no answer. ``_label_positions`` covers the signal rows (the first ``n``)."""
         labels = self.label_tokens
         prompts = self.prompts(samples)
         tokenizer = self.processor.tokenizer
+        images = _images(samples)
+        pairs = [
+            (prompt, f'{prompt}{labels.labels[int(k)]}"}}')
+            for prompt, k in zip(prompts, samples.labels, strict=True)
+        ]
+        if questions:
+            answers = self.answer_tokens
+            asked = self.pattern_prompts(samples.pattern_names)
+            for row, column, present in questions:
+                prompt = asked[column]
+                pairs.append((prompt, prompt + answers.answers[0 if present else 1]))
+                images.append(images[row])
         texts, lengths = [], []
-        for prompt, k in zip(prompts, samples.labels, strict=True):
-            text = f'{prompt}{labels.labels[int(k)]}"}}'
+        for prompt, text in pairs:
             texts.append(text)
             full = len(tokenizer.encode(text, add_special_tokens=False))
             lengths.append(full - len(tokenizer.encode(prompt, add_special_tokens=False)))
-        inputs = self._encode(texts, _images(samples))
+        inputs = self._encode(texts, images)
         inputs["labels"] = answer_labels(inputs["input_ids"], inputs["attention_mask"], lengths)
-        inputs["_label_positions"] = [inputs["input_ids"].shape[1] - n - 1 for n in lengths]
+        width = inputs["input_ids"].shape[1]
+        inputs["_label_positions"] = [width - n - 1 for n in lengths[: len(samples)]]
         return inputs
 
     def _peft_model(self) -> Any:
@@ -587,7 +754,9 @@ class VisionLanguageSignalModel:
             model.train()
             batch_idx = order[offset * config.batch_size : (offset + 1) * config.batch_size]
             tick = time.perf_counter()
-            inputs = self._training_batch(train.take(batch_idx))
+            part = train.take(batch_idx)
+            questions = self._pattern_questions(part, step)
+            inputs = self._training_batch(part, questions)
             inputs.pop("_label_positions")
             loss = model(**inputs, use_cache=False).loss
             loss.backward()
@@ -642,6 +811,14 @@ class VisionLanguageSignalModel:
         frame = pl.DataFrame(history, schema=_HISTORY_SCHEMA)
         return FitReport(frame, best_epoch, best_loss, time.perf_counter() - started)
 
+    def _pattern_questions(self, part: SampleSet, step: int) -> list[tuple[int, int, bool]]:
+        """The pattern questions added to training step ``step`` (none when off or no patterns)."""
+        per_sample = self.train_config.pattern_questions_per_sample
+        if not self.pattern_question or not part.pattern_names or per_sample <= 0:
+            return []
+        rng = np.random.default_rng([self.train_config.seed, step])
+        return choose_pattern_questions(part.patterns(), per_sample, rng)
+
     def _log(self, record: dict[str, Any]) -> None:
         if self.metrics is not None:
             self.metrics.append({"run_id": self.train_config.run_id, **record})
@@ -678,6 +855,8 @@ class VisionLanguageSignalModel:
             max_prompt_features=self.max_prompt_features,
             batch_size=self.batch_size,
             label_tokens=dataclasses.asdict(self.label_tokens),
+            pattern_question=self.pattern_question,
+            answer_tokens=dataclasses.asdict(self._answers) if self._answers else None,
         )
 
 
@@ -773,6 +952,7 @@ def _load_saved(directory: Path) -> VisionLanguageSignalModel:
         batch_size=int(info.get("batch_size", 8)),
         adapter_dir=directory / "adapter" if info.get("adapter") else None,
         processor_dir=directory / "processor",
+        pattern_question=bool(info.get("pattern_question", True)),
     )
     return model
 

@@ -21,6 +21,7 @@ transformers = pytest.importorskip("transformers")
 peft = pytest.importorskip("peft")
 
 from aiopt_lib.errors import ConfigError  # noqa: E402
+from aiopt_lib.evaluation import pattern_recognition_report  # noqa: E402
 from aiopt_lib.labels import CLASSES, LABEL_DTYPE  # noqa: E402
 from aiopt_lib.signals import SampleSet, load_model  # noqa: E402
 from aiopt_lib.streams import Streams, read_stream  # noqa: E402
@@ -29,8 +30,11 @@ from aiopt_lib.vlm import (  # noqa: E402
     VisionLanguageSignalModel,
     VlmTrainConfig,
     answer_labels,
+    build_pattern_prompt,
     build_prompt,
     chat_text,
+    choose_pattern_questions,
+    find_answer_tokens,
     find_label_tokens,
     language_lora_targets,
     latest_checkpoint,
@@ -43,6 +47,7 @@ CHAT_TEMPLATE = (
     "{% endfor %}{% if add_generation_prompt %}ASSISTANT: {% endif %}"
 )
 FEATURES = ("rsi_14", "sma_ratio", "atr_14")
+PATTERNS = ("pat_hammer", "pat_bullish_engulfing", "pat_doji")
 VISION_PATH = re.compile(r"vision|multi_modal_projector|merger")
 
 
@@ -81,7 +86,8 @@ def _corpus() -> list[str]:
         f'{{"signal": "{label}", "confidence": 0.5, "reasoning": "the trend is up"}}'
         for label in CLASSES
     ]
-    return [prompt, *answers, "USER: ASSISTANT: n/a 0123456789.-"] * 10
+    questions = [f"{build_pattern_prompt(name)}\nAnswer: yes Answer: no" for name in PATTERNS]
+    return [prompt, *answers, *questions, "USER: ASSISTANT: n/a 0123456789.-"] * 10
 
 
 @pytest.fixture(scope="module")
@@ -135,7 +141,7 @@ def llava_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
     return str(folder)
 
 
-def _samples(n: int, seed: int = 0) -> SampleSet:
+def _samples(n: int, seed: int = 0, patterns: bool = False) -> SampleSet:
     rng = np.random.default_rng(seed)
     values, digits = rng.uniform(0, 100, n), rng.integers(0, 4, n)
     labels = [CLASSES[i % 3] for i in range(n)]
@@ -151,7 +157,17 @@ def _samples(n: int, seed: int = 0) -> SampleSet:
         }
     )
     images = rng.integers(0, 256, size=(n, 24, 40, 3), dtype=np.uint8)
-    return SampleSet(samples=frame, feature_names=FEATURES, images=images)
+    if not patterns:
+        return SampleSet(samples=frame, feature_names=FEATURES, images=images)
+    # Boolean detector flags as the features step writes them, each pattern present and absent
+    flags = {name: [(i + j) % 3 == 0 for i in range(n)] for j, name in enumerate(PATTERNS)}
+    frame = frame.with_columns(pl.Series(name, values) for name, values in flags.items())
+    return SampleSet(
+        samples=frame,
+        feature_names=(*FEATURES, *PATTERNS),
+        images=images,
+        pattern_names=PATTERNS,
+    )
 
 
 def _model(folder: str, **train: object) -> VisionLanguageSignalModel:
@@ -400,3 +416,110 @@ def test_minicpmv46_lora_targets_loss_and_label_scoring() -> None:
     bad["attention_mask"][0, -1] = 0
     with pytest.raises(ValueError, match="left padding"):
         score_labels(wrapped, bad, [20, 21, 22])
+
+
+# -- pattern questions --------------------------------------------------------------------------
+
+
+def test_pattern_answers_are_single_tokens_and_the_question_names_the_pattern(llava_dir) -> None:
+    model = _model(llava_dir)
+    answers = model.answer_tokens
+    # this byte-level BPE merges the space into the word: the second candidate is taken
+    assert answers.prefill == "Answer:" and answers.answers == (" yes", " no")
+    tokenizer = model.processor.tokenizer
+    for word, token in zip(answers.answers, answers.token_ids, strict=True):
+        assert tokenizer.decode([token]) == word
+    text = model.pattern_prompts(["pat_bullish_engulfing"])[0]
+    assert text.startswith("USER: <image>\n") and text.endswith("ASSISTANT: Answer:")
+    assert "Is there a bullish engulfing pattern at the last candle?" in text
+    # the signal prompt is unchanged by the option
+    assert model.prompts(_samples(1))[0].endswith('ASSISTANT: {"signal": "')
+    without = _train_tokenizer(["chart rsi close values"] * 5)
+    with pytest.raises(ConfigError, match="yes/no"):
+        find_answer_tokens(without)
+
+
+def test_pattern_question_choice_is_seeded_balanced_and_skips_unknown_flags() -> None:
+    flags = np.zeros((400, 6))
+    flags[:, 0] = 1.0  # one present pattern among six: balance must not follow the base rate
+    flags[:5] = np.nan  # detectors still warming up: never asked
+    flags[5, 1] = np.nan
+    chosen = choose_pattern_questions(flags, 2, np.random.default_rng(7))
+    assert chosen == choose_pattern_questions(flags, 2, np.random.default_rng(7))
+    assert len(chosen) == 2 * 395 and all(row >= 5 for row, _, _ in chosen)
+    assert all(present == (flags[row, col] == 1.0) for row, col, present in chosen)
+    share = np.mean([present for _, _, present in chosen])
+    assert 0.4 < share < 0.6
+    assert {col for _, col, present in chosen if not present} == {1, 2, 3, 4, 5}
+    assert (5, 1, False) not in chosen
+    only_absent = choose_pattern_questions(np.zeros((3, 2)), 1, np.random.default_rng(0))
+    assert [present for _, _, present in only_absent] == [False] * 3
+
+
+def _pattern_bce(model: VisionLanguageSignalModel, samples: SampleSet) -> float:
+    p = np.clip(model.predict_pattern_proba(samples), 1e-7, 1 - 1e-7)
+    y = samples.patterns()
+    return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
+
+
+def test_pattern_proba_shape_batching_and_scoring(llava_dir: str) -> None:
+    samples = _samples(3, patterns=True)
+    model = _model(llava_dir)
+    model.batch_size = 4  # 9 questions: 4 + 4 + 1
+    proba = model.predict_pattern_proba(samples)
+    assert proba.shape == (3, len(PATTERNS)) and ((proba >= 0) & (proba <= 1)).all()
+    model.batch_size = 1
+    np.testing.assert_allclose(model.predict_pattern_proba(samples), proba, atol=1e-5)
+    # cell (i, j) is the yes/no softmax after the question about pattern j on image i
+    inputs = model._encode(model.pattern_prompts([PATTERNS[2]]), [_pil(samples.images[1])])
+    logits = model.model(**inputs).logits[0, -1, list(model.answer_tokens.token_ids)]
+    expected = torch.softmax(logits, -1)[0].item()
+    assert proba[1, 2] == pytest.approx(expected, abs=1e-5)
+    assert model.predict_pattern_proba(_samples(2)).shape == (2, 0)
+
+    report = pattern_recognition_report(samples.patterns(), proba, samples.pattern_names)
+    assert report["pattern"].to_list() == list(PATTERNS)
+    assert report["support"].to_list() == samples.patterns().sum(axis=0).astype(int).tolist()
+
+
+def test_fit_with_pattern_questions_lowers_their_loss_and_reloads(llava_dir, tmp_path) -> None:
+    batch = _samples(6, seed=4, patterns=True)
+    model = _model(
+        llava_dir, max_steps=10, batch_size=6, learning_rate=2e-2, pattern_questions_per_sample=2
+    )
+    questions = model._pattern_questions(batch, 0)
+    inputs = model._training_batch(batch, questions)
+    assert inputs["input_ids"].shape[0] == 6 + 12 and len(inputs["_label_positions"]) == 6
+    # a pattern row's loss is on its one answer token only
+    assert ((inputs["labels"][6:] != -100).sum(dim=1) == 1).all()
+    before = _pattern_bce(model, batch)
+    model.fit(batch, batch)
+    after = _pattern_bce(model, batch)
+    assert after < 0.85 * before
+
+    proba = model.predict_pattern_proba(batch)
+    model.save(tmp_path / "saved")
+    info = json.loads((tmp_path / "saved" / "model.json").read_text())
+    assert info["pattern_question"] is True and info["answer_tokens"]["answers"] == [" yes", " no"]
+    loaded = load_model(tmp_path / "saved")
+    assert loaded.pattern_question
+    np.testing.assert_array_equal(loaded.predict_pattern_proba(batch), proba)
+    report = pattern_recognition_report(batch.patterns(), proba, batch.pattern_names)
+    assert report.height == len(PATTERNS) and report["n"].to_list() == [6] * len(PATTERNS)
+
+
+def test_pattern_question_off_trains_on_the_signal_only_and_is_restored(llava_dir, tmp_path):
+    batch = _samples(4, seed=5, patterns=True)
+    model = VisionLanguageSignalModel(
+        llava_dir, progress=False, pattern_question=False, train=VlmTrainConfig(max_steps=1)
+    )
+    assert model._pattern_questions(batch, 0) == []
+    before = model.predict_pattern_proba(batch)
+    model.fit(batch, batch.take([]))
+    model.save(tmp_path / "off")
+    loaded = load_model(tmp_path / "off")
+    assert loaded.pattern_question is False
+    np.testing.assert_array_equal(
+        loaded.predict_pattern_proba(batch), model.predict_pattern_proba(batch)
+    )
+    assert before.shape == (4, len(PATTERNS))
