@@ -29,8 +29,6 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 import polars as pl
-from scipy.optimize import minimize_scalar
-from sklearn.metrics import accuracy_score, f1_score
 
 from aiopt_lib.bars import TS_DTYPE
 from aiopt_lib.labels import CLASSES
@@ -146,6 +144,8 @@ def classification_metrics(
     * ``ece``: top-label expected calibration error with ``n_bins`` equal-width bins
       (:func:`expected_calibration_error`).
     """
+    from sklearn.metrics import accuracy_score, f1_score  # lazy: keeps `import aiopt_lib` fast
+
     _check_bins(n_bins)
     y, p = _check_inputs(y_true, proba)
     predicted = p.argmax(axis=1)
@@ -259,6 +259,8 @@ class TemperatureScaler:
             z = np.asarray(logits, dtype=np.float64)
             if z.shape != (len(y), N_CLASSES) or not np.isfinite(z).all():
                 raise ValueError(f"logits must be finite with shape ({len(y)}, {N_CLASSES})")
+        from scipy.optimize import minimize_scalar
+
         lo, hi = (math.log(b) for b in TEMPERATURE_BOUNDS)
         result = minimize_scalar(
             lambda log_t: _nll_at(y, z, math.exp(log_t)),
