@@ -9,6 +9,7 @@ The public API is re-exported here; each module's docstring states its conventio
 """
 
 from aiopt_lib.atomic import write_parquet_atomic
+from aiopt_lib.backtest import BacktestResult, ExecutionConfig, OrderSignals, run_backtest
 from aiopt_lib.bars import (
     BAR_COLUMNS,
     TICK_COLUMNS,
@@ -79,6 +80,7 @@ __all__ = [
     "PATTERNS",
     "TICK_COLUMNS",
     "AioptError",
+    "BacktestResult",
     "BarsSchemaError",
     "CleaningPolicy",
     "CompactChartNet",
@@ -86,6 +88,7 @@ __all__ = [
     "ConfigError",
     "DataError",
     "DatasetConfig",
+    "ExecutionConfig",
     "FeatureParams",
     "Flag",
     "ForwardReturnParams",
@@ -95,6 +98,7 @@ __all__ = [
     "LogisticBaseline",
     "LookaheadError",
     "MajorityBaseline",
+    "OrderSignals",
     "PatternParams",
     "RenderSpec",
     "SampleSet",
@@ -147,6 +151,7 @@ __all__ = [
     "render_window",
     "render_windows",
     "resample_bars",
+    "run_backtest",
     "ticks_to_bars",
     "timeframe_label",
     "triple_barrier_labels",
