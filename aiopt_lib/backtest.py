@@ -178,6 +178,23 @@ def _stop_level(side, best, stop_level, trail_distance, tick):
 
 
 @njit(cache=True)
+def _close_trade(
+    tr_entry_i, tr_exit_i, tr_side, tr_entry_px, tr_exit_px, tr_costs, tr_reason,
+    ntr, pos, entry_i, t, entry_px, px, entry_cost, reason, qty, comm_unit, comm_frac,
+):  # fmt: skip
+    """Record trade ``ntr`` (closed at ``px`` on bar ``t``) and return its PnL after costs."""
+    cost = comm_unit * qty + comm_frac * px * qty
+    tr_entry_i[ntr] = entry_i
+    tr_exit_i[ntr] = t
+    tr_side[ntr] = pos
+    tr_entry_px[ntr] = entry_px
+    tr_exit_px[ntr] = px
+    tr_costs[ntr] = entry_cost + cost
+    tr_reason[ntr] = reason
+    return pos * (px - entry_px) * qty - entry_cost - cost
+
+
+@njit(cache=True)
 def _walk_bar(side, o, h, lo, c, stop_level, take_level, trail_distance, best, tick, slip):
     """Walk one bar's intrabar path for an open position; ``(fill, reason, best)``.
 
@@ -242,15 +259,26 @@ def _simulate(
             if pending != pos:
                 if pos != 0:
                     px = _to_tick(sell_o[t] if pos == 1 else buy_o[t], tick) - pos * slip
-                    cost = comm_unit * qty + comm_frac * px * qty
-                    realized += pos * (px - entry_px) * qty - entry_cost - cost
-                    tr_entry_i[ntr] = entry_i
-                    tr_exit_i[ntr] = t
-                    tr_side[ntr] = pos
-                    tr_entry_px[ntr] = entry_px
-                    tr_exit_px[ntr] = px
-                    tr_costs[ntr] = entry_cost + cost
-                    tr_reason[ntr] = _REVERSE if pending != 0 else _SIGNAL
+                    realized += _close_trade(
+                        tr_entry_i,
+                        tr_exit_i,
+                        tr_side,
+                        tr_entry_px,
+                        tr_exit_px,
+                        tr_costs,
+                        tr_reason,
+                        ntr,
+                        pos,
+                        entry_i,
+                        t,
+                        entry_px,
+                        px,
+                        entry_cost,
+                        _REVERSE if pending != 0 else _SIGNAL,
+                        qty,
+                        comm_unit,
+                        comm_frac,
+                    )
                     ntr += 1
                     pos = 0
                 if pending != 0:
@@ -296,15 +324,26 @@ def _simulate(
                     slip,
                 )
             if reason != _NONE:
-                cost = comm_unit * qty + comm_frac * px * qty
-                realized += pos * (px - entry_px) * qty - entry_cost - cost
-                tr_entry_i[ntr] = entry_i
-                tr_exit_i[ntr] = t
-                tr_side[ntr] = pos
-                tr_entry_px[ntr] = entry_px
-                tr_exit_px[ntr] = px
-                tr_costs[ntr] = entry_cost + cost
-                tr_reason[ntr] = reason
+                realized += _close_trade(
+                    tr_entry_i,
+                    tr_exit_i,
+                    tr_side,
+                    tr_entry_px,
+                    tr_exit_px,
+                    tr_costs,
+                    tr_reason,
+                    ntr,
+                    pos,
+                    entry_i,
+                    t,
+                    entry_px,
+                    px,
+                    entry_cost,
+                    reason,
+                    qty,
+                    comm_unit,
+                    comm_frac,
+                )
                 ntr += 1
                 pos = 0
         # 3. the close: signals (or the end of data)
@@ -320,15 +359,26 @@ def _simulate(
                 if target != pos:
                     if pos != 0:
                         px = _to_tick(sell_c[t] if pos == 1 else buy_c[t], tick) - pos * slip
-                        cost = comm_unit * qty + comm_frac * px * qty
-                        realized += pos * (px - entry_px) * qty - entry_cost - cost
-                        tr_entry_i[ntr] = entry_i
-                        tr_exit_i[ntr] = t
-                        tr_side[ntr] = pos
-                        tr_entry_px[ntr] = entry_px
-                        tr_exit_px[ntr] = px
-                        tr_costs[ntr] = entry_cost + cost
-                        tr_reason[ntr] = _REVERSE if target != 0 else _SIGNAL
+                        realized += _close_trade(
+                            tr_entry_i,
+                            tr_exit_i,
+                            tr_side,
+                            tr_entry_px,
+                            tr_exit_px,
+                            tr_costs,
+                            tr_reason,
+                            ntr,
+                            pos,
+                            entry_i,
+                            t,
+                            entry_px,
+                            px,
+                            entry_cost,
+                            _REVERSE if target != 0 else _SIGNAL,
+                            qty,
+                            comm_unit,
+                            comm_frac,
+                        )
                         ntr += 1
                         pos = 0
                     if target != 0:
@@ -353,15 +403,26 @@ def _simulate(
                 has_pending = True
         elif pos != 0:
             px = _to_tick(sell_c[t] if pos == 1 else buy_c[t], tick) - pos * slip
-            cost = comm_unit * qty + comm_frac * px * qty
-            realized += pos * (px - entry_px) * qty - entry_cost - cost
-            tr_entry_i[ntr] = entry_i
-            tr_exit_i[ntr] = t
-            tr_side[ntr] = pos
-            tr_entry_px[ntr] = entry_px
-            tr_exit_px[ntr] = px
-            tr_costs[ntr] = entry_cost + cost
-            tr_reason[ntr] = _END
+            realized += _close_trade(
+                tr_entry_i,
+                tr_exit_i,
+                tr_side,
+                tr_entry_px,
+                tr_exit_px,
+                tr_costs,
+                tr_reason,
+                ntr,
+                pos,
+                entry_i,
+                t,
+                entry_px,
+                px,
+                entry_cost,
+                _END,
+                qty,
+                comm_unit,
+                comm_frac,
+            )
             ntr += 1
             pos = 0
         if pos == 1:
