@@ -178,11 +178,11 @@ def _stop_level(side, best, stop_level, trail_distance, tick):
 
 
 @njit(cache=True)
-def _close_trade(
-    tr_entry_i, tr_exit_i, tr_side, tr_entry_px, tr_exit_px, tr_costs, tr_reason,
-    ntr, pos, entry_i, t, entry_px, px, entry_cost, reason, qty, comm_unit, comm_frac,
-):  # fmt: skip
-    """Record trade ``ntr`` (closed at ``px`` on bar ``t``) and return its PnL after costs."""
+def _close_trade(trades, ntr, pos, entry_i, t, entry_px, px, entry_cost, reason, costs):
+    """Record trade ``ntr`` (closed at ``px`` on bar ``t``) in the ``trades`` arrays and return
+    its PnL after costs; ``costs`` is ``(quantity, commission per unit, commission fraction)``."""
+    tr_entry_i, tr_exit_i, tr_side, tr_entry_px, tr_exit_px, tr_costs, tr_reason = trades
+    qty, comm_unit, comm_frac = costs
     cost = comm_unit * qty + comm_frac * px * qty
     tr_entry_i[ntr] = entry_i
     tr_exit_i[ntr] = t
@@ -239,6 +239,8 @@ def _simulate(
     equity, position, tr_entry_i, tr_exit_i, tr_side, tr_entry_px, tr_exit_px, tr_costs, tr_reason,
 ):  # fmt: skip
     n = buy_o.shape[0]
+    trades = (tr_entry_i, tr_exit_i, tr_side, tr_entry_px, tr_exit_px, tr_costs, tr_reason)
+    costs = (qty, comm_unit, comm_frac)
     pos = 0
     entry_px = 0.0
     entry_i = 0
@@ -260,13 +262,7 @@ def _simulate(
                 if pos != 0:
                     px = _to_tick(sell_o[t] if pos == 1 else buy_o[t], tick) - pos * slip
                     realized += _close_trade(
-                        tr_entry_i,
-                        tr_exit_i,
-                        tr_side,
-                        tr_entry_px,
-                        tr_exit_px,
-                        tr_costs,
-                        tr_reason,
+                        trades,
                         ntr,
                         pos,
                         entry_i,
@@ -275,9 +271,7 @@ def _simulate(
                         px,
                         entry_cost,
                         _REVERSE if pending != 0 else _SIGNAL,
-                        qty,
-                        comm_unit,
-                        comm_frac,
+                        costs,
                     )
                     ntr += 1
                     pos = 0
@@ -325,13 +319,7 @@ def _simulate(
                 )
             if reason != _NONE:
                 realized += _close_trade(
-                    tr_entry_i,
-                    tr_exit_i,
-                    tr_side,
-                    tr_entry_px,
-                    tr_exit_px,
-                    tr_costs,
-                    tr_reason,
+                    trades,
                     ntr,
                     pos,
                     entry_i,
@@ -340,9 +328,7 @@ def _simulate(
                     px,
                     entry_cost,
                     reason,
-                    qty,
-                    comm_unit,
-                    comm_frac,
+                    costs,
                 )
                 ntr += 1
                 pos = 0
@@ -360,13 +346,7 @@ def _simulate(
                     if pos != 0:
                         px = _to_tick(sell_c[t] if pos == 1 else buy_c[t], tick) - pos * slip
                         realized += _close_trade(
-                            tr_entry_i,
-                            tr_exit_i,
-                            tr_side,
-                            tr_entry_px,
-                            tr_exit_px,
-                            tr_costs,
-                            tr_reason,
+                            trades,
                             ntr,
                             pos,
                             entry_i,
@@ -375,9 +355,7 @@ def _simulate(
                             px,
                             entry_cost,
                             _REVERSE if target != 0 else _SIGNAL,
-                            qty,
-                            comm_unit,
-                            comm_frac,
+                            costs,
                         )
                         ntr += 1
                         pos = 0
@@ -404,13 +382,7 @@ def _simulate(
         elif pos != 0:
             px = _to_tick(sell_c[t] if pos == 1 else buy_c[t], tick) - pos * slip
             realized += _close_trade(
-                tr_entry_i,
-                tr_exit_i,
-                tr_side,
-                tr_entry_px,
-                tr_exit_px,
-                tr_costs,
-                tr_reason,
+                trades,
                 ntr,
                 pos,
                 entry_i,
@@ -419,9 +391,7 @@ def _simulate(
                 px,
                 entry_cost,
                 _END,
-                qty,
-                comm_unit,
-                comm_frac,
+                costs,
             )
             ntr += 1
             pos = 0
