@@ -56,6 +56,7 @@ from aiopt_lib.models import (
     LogisticBaseline,
     MajorityBaseline,
 )
+from aiopt_lib.overfitting import deflated_sharpe_ratio, probability_of_backtest_overfitting
 from aiopt_lib.patterns import PATTERNS, PatternParams, add_patterns, pattern_columns
 from aiopt_lib.render import RenderSpec, render_window, render_windows, with_overlays
 from aiopt_lib.resample import resample_bars, ticks_to_bars
@@ -69,10 +70,48 @@ from aiopt_lib.sources import (
     read_source,
 )
 from aiopt_lib.splits import Split, purged_kfold_splits, purged_split, walk_forward_splits
+from aiopt_lib.strategy import (
+    Costs,
+    Distance,
+    SignalContext,
+    StrategySpec,
+    check_spec_no_lookahead,
+    compile_signals,
+    load_spec,
+    save_spec,
+)
 from aiopt_lib.streams import SchemaMismatchError, Streams, StreamWriter, read_stream
 from aiopt_lib.vlm import VisionLanguageSignalModel, VlmTrainConfig
 
 __version__ = "0.1.0"
+
+# The search pulls in Optuna and SQLAlchemy (~0.3 s): loaded on first use, not at import.
+_SEARCH_NAMES = frozenset(
+    {
+        "ParamRange",
+        "SearchConfig",
+        "SearchTemplate",
+        "builtin_template",
+        "load_ranking",
+        "load_template",
+        "run_search",
+        "save_ranking",
+    }
+)
+_WIDGET_NAMES = frozenset({"StrategyPanel", "strategy_panel"})
+
+
+def __getattr__(name: str) -> object:
+    if name in _SEARCH_NAMES:
+        from aiopt_lib import search
+
+        return getattr(search, name)
+    if name in _WIDGET_NAMES:
+        from aiopt_lib import widgets
+
+        return getattr(widgets, name)
+    raise AttributeError(f"module 'aiopt_lib' has no attribute {name!r}")
+
 
 __all__ = [
     "BAR_COLUMNS",
@@ -86,8 +125,10 @@ __all__ = [
     "CompactChartNet",
     "CompactConfig",
     "ConfigError",
+    "Costs",
     "DataError",
     "DatasetConfig",
+    "Distance",
     "ExecutionConfig",
     "FeatureParams",
     "Flag",
@@ -99,12 +140,18 @@ __all__ = [
     "LookaheadError",
     "MajorityBaseline",
     "OrderSignals",
+    "ParamRange",
     "PatternParams",
     "RenderSpec",
     "SampleSet",
     "SchemaMismatchError",
+    "SearchConfig",
+    "SearchTemplate",
+    "SignalContext",
     "SignalModel",
     "Split",
+    "StrategyPanel",
+    "StrategySpec",
     "StreamWriter",
     "Streams",
     "TemperatureScaler",
@@ -117,13 +164,17 @@ __all__ = [
     "add_indicators",
     "add_patterns",
     "build_dataset",
+    "builtin_template",
     "check_bars",
     "check_no_lookahead",
+    "check_spec_no_lookahead",
     "check_ticks",
     "class_balance",
     "classification_metrics",
     "classify_gaps",
     "clean_bars",
+    "compile_signals",
+    "deflated_sharpe_ratio",
     "describe_bars",
     "ensure_bars",
     "evaluation_table",
@@ -136,12 +187,16 @@ __all__ = [
     "load_bars",
     "load_bars_report",
     "load_model",
+    "load_ranking",
     "load_sample",
     "load_sample_set",
+    "load_spec",
+    "load_template",
     "parse_timeframe",
     "pattern_columns",
     "pattern_recognition_report",
     "predictions_frame",
+    "probability_of_backtest_overfitting",
     "purged_kfold_splits",
     "purged_split",
     "read_samples",
@@ -152,6 +207,10 @@ __all__ = [
     "render_windows",
     "resample_bars",
     "run_backtest",
+    "run_search",
+    "save_ranking",
+    "save_spec",
+    "strategy_panel",
     "ticks_to_bars",
     "timeframe_label",
     "triple_barrier_labels",

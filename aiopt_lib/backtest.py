@@ -13,7 +13,8 @@ Semantics (TradingView's defaults unless said otherwise)
   no later bar to fill them; with ``fill="close"`` the position is closed there as ``"end"``).
 * **Fill prices.** A buy fills on the ask side and a sell on the bid side: with ``spread=None``
   and both ``bid_*`` and ``ask_*`` columns in the bars, buys use ``ask_open`` (``ask_close``) and
-  sells ``bid_open`` (``bid_close``); with ``spread`` given, buys use the main price ``+ spread /
+  sells ``bid_open`` (``bid_close``); with ``spread=None``, no sides but a ``spread`` column, the
+  main price ± that bar's spread / 2; with ``spread`` given, buys use the main price ``+ spread /
   2`` and sells ``- spread / 2``; otherwise both use the main price. Every fill is rounded to the
   nearest ``tick_size`` (``floor(p / tick + 0.5) * tick``, Pine's mintick rounding), then market
   and stop orders (signal entries/exits, stop-loss, trailing stop, the end close) are moved
@@ -439,7 +440,8 @@ def fill_prices(bars: pl.DataFrame, config: ExecutionConfig) -> tuple[np.ndarray
     """The prices buys and sells fill at: two ``(4, n)`` arrays of open/high/low/close.
 
     Bid/ask columns when ``config.spread`` is None and the bars carry both sides; otherwise the
-    main prices ± ``spread / 2`` (0 when None).
+    main prices ± half the spread: ``config.spread``, or with None the bars' ``spread`` column
+    (per bar) when there is one, else 0.
     """
     has_sides = all(c in bars.columns for c in (*BID_COLUMNS, *ASK_COLUMNS))
     if config.spread is None and has_sides:
@@ -447,7 +449,11 @@ def fill_prices(bars: pl.DataFrame, config: ExecutionConfig) -> tuple[np.ndarray
         sell = bars.select(BID_COLUMNS).to_numpy().T
     else:
         main = bars.select(PRICE_COLUMNS).to_numpy().T
-        half = (config.spread or 0.0) / 2.0
+        if config.spread is None and "spread" in bars.columns:
+            # the bar's own spread (e.g. an MT4/MT5 export), a missing one counted as none
+            half = bars.get_column("spread").cast(pl.Float64).fill_null(0.0).to_numpy() / 2.0
+        else:
+            half = (config.spread or 0.0) / 2.0
         buy, sell = main + half, main - half
     return np.ascontiguousarray(buy, dtype=np.float64), np.ascontiguousarray(sell, dtype=np.float64)
 
@@ -457,15 +463,25 @@ def fill_prices(bars: pl.DataFrame, config: ExecutionConfig) -> tuple[np.ndarray
 
 
 def run_backtest(
-    bars: pl.DataFrame, signals: OrderSignals, config: ExecutionConfig | None = None
+    bars: pl.DataFrame,
+    signals: OrderSignals,
+    config: ExecutionConfig | None = None,
+    *,
+    prices: tuple[np.ndarray, np.ndarray] | None = None,
+    validate: bool = True,
 ) -> BacktestResult:
     """Simulate ``signals`` on ``bars`` with TradingView's fill rules (module docstring).
 
     ``bars`` follows the canonical schema; ``signals`` holds one value per bar. Returns the
     trades, the per-bar equity and position, and :func:`backtest_metrics`.
+
+    A caller that runs many backtests on the same bars (a search) may pass ``prices`` =
+    :func:`fill_prices` ``(bars, config)`` computed once, and ``validate=False`` for bars it has
+    already passed through :func:`aiopt_lib.bars.ensure_bars`.
     """
     config = config or ExecutionConfig()
-    bars = ensure_bars(bars)
+    if validate:
+        bars = ensure_bars(bars)
     n = bars.height
     long_entry = _bool_array("long_entry", signals.long_entry, n)
     long_exit = _bool_array("long_exit", signals.long_exit, n)
@@ -486,7 +502,9 @@ def run_backtest(
     exit_long = long_exit | (short_entry & (not allow_short))
     exit_short = short_exit | (long_entry & (not allow_long))
 
-    buy, sell = fill_prices(bars, config)
+    buy, sell = fill_prices(bars, config) if prices is None else prices
+    if buy.shape != (4, n) or sell.shape != (4, n):
+        raise ValueError(f"prices must be two (4, {n}) arrays, got {buy.shape} and {sell.shape}")
     equity = np.empty(n)
     position = np.empty(n)
     size = max(n, 1)
@@ -594,7 +612,23 @@ def backtest_metrics(
 
     A ratio with a zero denominator is NaN (inf for the profit factor with gains and no losses).
     """
-    values = equity.get_column("equity").to_numpy()
+    return metrics_from_arrays(
+        equity.get_column("equity").to_numpy(),
+        equity.get_column("position").to_numpy(),
+        trades.get_column("pnl").to_numpy(),
+        initial_capital,
+        timeframe,
+    )
+
+
+def metrics_from_arrays(
+    values: np.ndarray,
+    position: np.ndarray,
+    pnl: np.ndarray,
+    initial_capital: float,
+    timeframe: dt.timedelta | None,
+) -> dict[str, float]:
+    """:func:`backtest_metrics` from plain arrays: per-bar equity and position, trades' pnl."""
     n = len(values)
     bars_per_year = YEAR / timeframe if timeframe else math.nan
     final = float(values[-1]) if n else float(initial_capital)
@@ -611,11 +645,10 @@ def backtest_metrics(
         sortino = mean / downside * math.sqrt(bars_per_year) if downside > 0 else nan
         peaks = np.maximum.accumulate(np.concatenate(([initial_capital], values)))
         max_dd = float(np.max(1.0 - np.concatenate(([initial_capital], values)) / peaks))
-        exposure = float(np.mean(equity.get_column("position").to_numpy() != 0))
+        exposure = float(np.mean(position != 0))
     else:
         annual = sharpe = sortino = exposure = nan
         max_dd = 0.0
-    pnl = trades.get_column("pnl").to_numpy()
     gains = float(pnl[pnl > 0].sum())
     losses = float(-pnl[pnl < 0].sum())
     profit_factor = gains / losses if losses > 0 else math.inf if gains > 0 else nan
@@ -642,5 +675,6 @@ __all__ = [
     "OrderSignals",
     "backtest_metrics",
     "fill_prices",
+    "metrics_from_arrays",
     "run_backtest",
 ]

@@ -825,3 +825,58 @@ def reliability_chart(tables: dict[str, pl.DataFrame], *, width: int = 320) -> a
     return alt.layer(diagonal, points).properties(
         width=width, height=width, title="Reliability (test period, top label)"
     )
+
+
+def equity_curves_chart(
+    curves: dict[str, pl.DataFrame],
+    *,
+    title: str = "Out-of-sample equity",
+    width: int = 760,
+    height: int = 300,
+    max_points: int = 2000,
+) -> alt.Chart:
+    """Growth of 1 for several strategies on one time axis: ``curves`` maps a name to a frame
+    with ``ts`` and ``equity`` (each curve rebased to start at 1). Long curves are thinned to
+    ``max_points`` rows each (every k-th bar, the last kept)."""
+    frames = []
+    for name, frame in curves.items():
+        if frame.height == 0:
+            continue
+        step = max(1, frame.height // max_points)
+        thinned = frame.select("ts", "equity").gather_every(step)
+        if thinned.get_column("ts")[-1] != frame.get_column("ts")[-1]:
+            thinned = pl.concat([thinned, frame.select("ts", "equity").tail(1)])
+        first = float(frame.get_column("equity")[0])
+        frames.append(
+            thinned.with_columns(
+                (pl.col("equity") / first).alias("growth"), pl.lit(name).alias("curve")
+            ).select("ts", "growth", "curve")
+        )
+    data = pl.concat(frames) if frames else pl.DataFrame({"ts": [], "growth": [], "curve": []})
+    return (
+        alt.Chart(_inline(data))
+        .mark_line(strokeWidth=1.5)
+        .encode(
+            x=alt.X("ts:T", title=None),
+            y=alt.Y("growth:Q", scale=alt.Scale(zero=False), title="growth of 1"),
+            color=alt.Color("curve:N", title=None, sort=list(curves)),
+            tooltip=["curve:N", "ts:T", alt.Tooltip("growth:Q", format=".4f")],
+        )
+        .properties(width=width, height=height, title=title)
+        .interactive(bind_y=False)
+    )
+
+
+_plotly_emitted = False
+
+
+def plotly_html(figure: Any) -> Any:
+    """A plotly figure (e.g. from ``optuna.visualization``) as offline HTML for a notebook output:
+    plotly.js is inlined with the first figure of the kernel and reused by the later ones, so
+    the exported report needs no CDN."""
+    from IPython.display import HTML
+
+    global _plotly_emitted
+    include = not _plotly_emitted
+    _plotly_emitted = True
+    return HTML(figure.to_html(full_html=False, include_plotlyjs=include))

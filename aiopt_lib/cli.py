@@ -8,6 +8,9 @@
                                     the labelled, schema-versioned sample dataset (Parquet, zstd)
     aiopt dataset images --dataset DIR [--mode folder|column]
                                     the chart image of every sample (resumable)
+    aiopt search --template NAME|FILE --out DIR [--storage URL] [--workers N]
+                                    walk-forward Optuna search of a strategy template; writes the
+                                    ranking (top 5 + DSR/PBO), the trials and the out-of-sample equity
     aiopt run --config FILE         execute the notebooks of a run with papermill, render HTML reports
 
 Errors print one line (``aiopt: error: ...``) and exit 2; ``--debug`` shows the traceback.
@@ -137,6 +140,45 @@ def build_parser() -> argparse.ArgumentParser:
     )
     images.add_argument("--workers", type=int, help="worker processes (default: all cores)")
     images.add_argument("--no-progress", action="store_true")
+
+    search = commands.add_parser(
+        "search", help="walk-forward Optuna search of a strategy template, ranked top 5"
+    )
+    search.add_argument(
+        "--bars",
+        default="sample",
+        help="bars source: a file or folder (see data info), or 'sample'",
+    )
+    search.add_argument("--symbol", help="instrument of a Dukascopy folder")
+    search.add_argument("--timeframe", help="resample the bars to this timeframe first")
+    search.add_argument("--start", help="first time to keep (inclusive), ISO")
+    search.add_argument("--end", help="time to stop at (exclusive), ISO")
+    search.add_argument(
+        "--template",
+        default="ema_cross",
+        help="a built-in template (ema_cross, bollinger_reversion, pattern_rsi, ai_gate) or a YAML file",
+    )
+    search.add_argument("--out", required=True, help="folder for optuna.db, ranking.json, ...")
+    search.add_argument("--config", help="search settings (YAML; keys of SearchConfig)")
+    search.add_argument(
+        "--storage",
+        help="Optuna storage URL (default sqlite:///OUT/optuna.db; postgresql://..., "
+        "journal:///file.log); the same URL continues the studies",
+    )
+    search.add_argument("--workers", type=int, default=1, help="worker processes on the study")
+    search.add_argument("--trials", type=int, help="trials per walk-forward fold")
+    search.add_argument("--folds", type=int, help="walk-forward folds")
+    search.add_argument("--walk-forward", choices=["rolling", "anchored"])
+    search.add_argument(
+        "--objective", help="metric(s), comma-separated (two or more: NSGA-II), e.g. sharpe"
+    )
+    search.add_argument("--min-trades", type=int, help="training trades a trial needs")
+    search.add_argument("--seed", type=int)
+    search.add_argument("--study", help="study name (default aiopt)")
+    search.add_argument(
+        "--predictions", help="Parquet file or stream folder of model predictions (AI gate)"
+    )
+    search.add_argument("--no-progress", action="store_true")
 
     run = commands.add_parser("run", help="run the notebooks of a configuration with papermill")
     run.add_argument(
@@ -306,6 +348,96 @@ def _cmd_dataset_images(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_search(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    import polars as pl
+    import yaml
+
+    from aiopt_lib.search import (
+        SearchConfig,
+        builtin_template,
+        load_template,
+        save_ranking,
+        write_search_outputs,
+    )
+    from aiopt_lib.sources import load_bars_report
+
+    options = {
+        k: getattr(args, k) for k in ("symbol", "timeframe", "start", "end") if getattr(args, k)
+    }
+    bars = load_bars_report(args.bars, **options).bars
+    template_path = Path(args.template)
+    template = (
+        load_template(template_path)
+        if template_path.suffix in (".yaml", ".yml", ".json") or template_path.exists()
+        else builtin_template(args.template)
+    )
+    settings: dict[str, object] = {}
+    if args.config:
+        loaded = yaml.safe_load(Path(args.config).read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise AioptError(f"{args.config}: search settings must be a mapping")
+        settings.update(loaded)
+    flags = {
+        "n_trials": args.trials,
+        "n_folds": args.folds,
+        "walk_forward": args.walk_forward,
+        "min_trades": args.min_trades,
+        "seed": args.seed,
+        "study_name": args.study,
+        "objective": args.objective.split(",") if args.objective else None,
+    }
+    settings.update({k: v for k, v in flags.items() if v is not None})
+    try:
+        config = SearchConfig.model_validate(settings)
+    except ValueError as exc:  # pydantic's ValidationError
+        raise AioptError(f"search settings: {' '.join(str(exc).split())}") from None
+    predictions = None
+    if args.predictions:
+        from aiopt_lib.streams import read_stream
+
+        source = Path(args.predictions)
+        # a run folder's predictions stream (``<dir>/predictions/``) or one Parquet file
+        if source.is_dir():
+            predictions = read_stream(source.parent, source.name)
+        else:
+            predictions = pl.read_parquet(source)
+    from aiopt_lib.search import run_search
+
+    out = Path(args.out)
+    result = run_search(
+        bars,
+        template,
+        config,
+        storage=args.storage,
+        run_dir=out,
+        predictions=predictions,
+        workers=args.workers,
+        progress=not args.no_progress,
+    )
+    ranking = save_ranking(result, out / "ranking.json")
+    write_search_outputs(result, out)
+    wf, hold = result.walk_forward_metrics, result.buy_and_hold_metrics
+    print(
+        f"{result.n_trials} completed trials in {len(result.folds)} folds ({result.storage})\n"
+        f"walk-forward out-of-sample: return {wf['total_return']:+.2%}, Sharpe {wf['sharpe']:.2f}, "
+        f"max drawdown {wf['max_drawdown']:.2%} | buy-and-hold: return "
+        f"{hold['total_return']:+.2%}, Sharpe {hold['sharpe']:.2f}"
+    )
+    if result.pbo is not None:
+        print(f"probability of backtest overfitting (CSCV): {result.pbo.pbo:.2f}")
+    for entry in result.top:
+        oos = entry.out_of_sample
+        print(
+            f"  #{entry.rank} {json.dumps(entry.spec.params)}: out-of-sample Sharpe "
+            f"{oos['sharpe']:.2f}, return {oos['total_return']:+.2%}, trades {oos['trades']:.0f}, "
+            f"DSR {entry.deflated_sharpe:.2f}"
+        )
+    print(f"ranking: {ranking}")
+    return EXIT_OK
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from aiopt_lib.runner import load_run_config, run_pipeline
 
@@ -342,6 +474,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         handler = handlers[args.data_command]
     elif args.command == "features":
         handler = _cmd_features
+    elif args.command == "search":
+        handler = _cmd_search
     elif args.command == "dataset":
         handler = _cmd_dataset_build if args.dataset_command == "build" else _cmd_dataset_images
     else:

@@ -17,6 +17,7 @@ import polars as pl
 import pytest
 
 from aiopt_lib.bars import check_bars
+from aiopt_lib.search import load_ranking
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
@@ -115,6 +116,16 @@ def test_default_run_writes_offline_report(tmp_path):
     )
     assert predictions.height > 800 and predictions["model_id"].unique().to_list() == ["compact"]
     assert (run_dir / "models" / "compact" / "model.json").is_file()
+    # notebook 04: walk-forward search, top 5 with DSR/PBO, optuna plots, the panel, the ranking
+    page04 = (report_dir / "04_optuna_search.html").read_text(encoding="utf-8")
+    assert "Traceback" not in page04
+    assert not re.search(r'<(script|link)[^>]+(src|href)="https?://', page04)
+    assert "PBO (CSCV" in page04 and "DSR" in page04
+    assert page04.count('class="plotly-graph-div"') == 3  # history, importances, coordinates
+    assert page04.count('class="aiopt-vega"') == 3  # walk-forward, top 5, the panel's chart
+    ranking = load_ranking(run_dir / "ranking.json")
+    assert 1 <= len(ranking) <= 5
+    assert [extra["rank"] for _, extra in ranking] == list(range(1, len(ranking) + 1))
     executed = nbformat.read(run_dir / "01_data_exploration.ipynb", as_version=4)
     injected = [c for c in executed.cells if "injected-parameters" in c.metadata.get("tags", [])]
     assert injected and "run_dir" in injected[0].source
