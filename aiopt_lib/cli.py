@@ -173,6 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--objective", help="metric(s), comma-separated (two or more: NSGA-II), e.g. sharpe"
     )
     search.add_argument("--min-trades", type=int, help="training trades a trial needs")
+    search.add_argument("--pruner", choices=["none", "median"], help="Optuna pruner (default none)")
     search.add_argument("--seed", type=int)
     search.add_argument("--study", help="study name (default aiopt)")
     search.add_argument(
@@ -384,6 +385,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
         "n_folds": args.folds,
         "walk_forward": args.walk_forward,
         "min_trades": args.min_trades,
+        "pruner": args.pruner,
         "seed": args.seed,
         "study_name": args.study,
         "objective": args.objective.split(",") if args.objective else None,

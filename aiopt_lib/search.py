@@ -236,8 +236,10 @@ class SearchConfig(_Frozen):
     minimised, the others maximised); ``n_folds`` test windows of ``test_size`` (bars or a
     fraction; default an equal share), ``train_size`` the rolling training window (default: all
     bars before the first test window) or ``walk_forward="anchored"`` (from the first bar);
-    ``min_trades`` in a training window for a trial to count; ``pruner`` ``"median"`` or
-    ``"none"``; ``seed`` for the samplers (worker ``w`` of fold ``k`` uses ``seed + 1000 k + w``);
+    ``min_trades`` in a training window for a trial to count; ``pruner`` ``"none"`` or
+    ``"median"`` (Optuna's median rule on the training score of the first thirds of the window;
+    off by default: a trial's backtest is one pass over the history, so pruning saves only the
+    scoring and costs storage round trips); ``seed`` for the samplers (worker ``w`` of fold ``k`` uses ``seed + 1000 k + w``);
     ``rank_metric`` orders the final top ``top_k``; ``duplicate_tolerance`` the share of a range
     within which two parameter sets count as the same.
     """
@@ -250,7 +252,7 @@ class SearchConfig(_Frozen):
     train_size: int | float | None = None
     test_size: int | float | None = None
     min_trades: int = 5
-    pruner: Literal["median", "none"] = "median"
+    pruner: Literal["median", "none"] = "none"
     seed: int = 0
     rank_metric: str = "sharpe"
     top_k: int = 5
@@ -494,6 +496,7 @@ def _optimise_folds(
     worker: int,
     progress: Callable[[int], None] | None,
     ready: Any = None,
+    shared: bool = False,
 ) -> None:
     """One worker: every fold's study in turn, until each has ``n_trials`` trials. With
     ``ready`` (a multiprocessing barrier) the workers start together once each has loaded."""
@@ -509,9 +512,9 @@ def _optimise_folds(
         remaining = config.n_trials - _done(study)
         if remaining <= 0:
             continue
-        callbacks: list[Callable[..., None]] = [
-            optuna.study.MaxTrialsCallback(config.n_trials, states=_COUNTED)
-        ]
+        callbacks: list[Callable[..., None]] = []
+        if shared:  # other workers add trials too: stop when the study has them all
+            callbacks.append(optuna.study.MaxTrialsCallback(config.n_trials, states=_COUNTED))
         if progress is not None:
             callbacks.append(lambda _study, _trial: progress(1))
         timeout = None
@@ -548,6 +551,7 @@ def _worker_main(
         worker,
         None,
         ready,
+        True,
     )
 
 

@@ -23,7 +23,7 @@ from bench_backtest import synthetic_bars
 
 from aiopt_lib.search import SearchConfig, builtin_template, optimise
 
-TRIALS = 200
+TRIALS = 400
 FOLDS = 2
 WORKERS = 2
 

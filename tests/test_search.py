@@ -310,3 +310,37 @@ def test_search_result_numbers_are_finite_where_defined(searched):
         assert math.isfinite(result.walk_forward_metrics[key])
         assert math.isfinite(result.buy_and_hold_metrics[key])
     assert np.all(result.walk_forward_equity.get_column("equity").to_numpy() > 0)
+
+
+def test_the_median_pruner_stops_trials_on_partial_training_scores(bars, template, tmp_path):
+    config = SearchConfig(n_trials=40, n_folds=1, min_trades=1, seed=0, pruner="median")
+    result = run_search(bars, template, config, run_dir=tmp_path, progress=False)
+    study = optuna.load_study(study_name="aiopt-fold0", storage=result.storage)
+    pruned = [t for t in study.trials if t.user_attrs.get("pruned_because") == "pruner"]
+    assert pruned, "the median rule pruned nothing in 40 trials"
+    # Optuna's rule: the trial's best score so far is below the median of the completed
+    # earlier trials' scores at the same step
+    for trial in pruned:
+        step = max(trial.intermediate_values)
+        best = max(trial.intermediate_values.values())
+        earlier = [
+            t.intermediate_values[step]
+            for t in study.trials
+            if t.number < trial.number
+            and t.state == optuna.trial.TrialState.COMPLETE
+            and step in t.intermediate_values
+        ]
+        assert best < np.median(earlier)
+    # scores are reported at the checkpoints (a third and two thirds into the window) only
+    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert complete
+    assert all(set(t.intermediate_values) <= {1, 2} for t in complete)
+    assert any(len(t.intermediate_values) == 2 for t in complete)
+
+
+def test_progress_bar_counts_the_trials(bars, template, tmp_path, capsys):
+    config = SearchConfig(n_trials=4, n_folds=2, min_trades=1)
+    run_search(bars, template, config, run_dir=tmp_path, progress=True)
+    err = capsys.readouterr().err
+    assert "search aiopt" in err
+    assert "8/8" in err
