@@ -99,17 +99,23 @@ _SEARCH_NAMES = frozenset(
     }
 )
 _WIDGET_NAMES = frozenset({"StrategyPanel", "strategy_panel"})
+_LAZY_MODULES = {
+    **dict.fromkeys(_SEARCH_NAMES, "search"),
+    **dict.fromkeys(_WIDGET_NAMES, "widgets"),
+    # nautilus_trader takes ~1 s to import
+    **dict.fromkeys(
+        ("run_nautilus", "run_nautilus_full", "run_from_catalog", "statistics_table"), "nautilus"
+    ),
+    **dict.fromkeys(("run_pine_offline", "compare_trades"), "pine_exec"),
+    **dict.fromkeys(("spec_to_pine", "check_pine", "fix_pine", "export_ranking"), "pine"),
+}
 
 
 def __getattr__(name: str) -> object:
-    if name in _SEARCH_NAMES:
-        from aiopt_lib import search
+    if name in _LAZY_MODULES:
+        import importlib
 
-        return getattr(search, name)
-    if name in _WIDGET_NAMES:
-        from aiopt_lib import widgets
-
-        return getattr(widgets, name)
+        return getattr(importlib.import_module(f"aiopt_lib.{_LAZY_MODULES[name]}"), name)
     raise AttributeError(f"module 'aiopt_lib' has no attribute {name!r}")
 
 
@@ -167,18 +173,22 @@ __all__ = [
     "builtin_template",
     "check_bars",
     "check_no_lookahead",
+    "check_pine",
     "check_spec_no_lookahead",
     "check_ticks",
     "class_balance",
     "classification_metrics",
     "classify_gaps",
     "clean_bars",
+    "compare_trades",
     "compile_signals",
     "deflated_sharpe_ratio",
     "describe_bars",
     "ensure_bars",
     "evaluation_table",
+    "export_ranking",
     "feature_columns",
+    "fix_pine",
     "forward_return_labels",
     "hour_of_week_profile",
     "indicator_columns",
@@ -207,9 +217,15 @@ __all__ = [
     "render_windows",
     "resample_bars",
     "run_backtest",
+    "run_from_catalog",
+    "run_nautilus",
+    "run_nautilus_full",
+    "run_pine_offline",
     "run_search",
     "save_ranking",
     "save_spec",
+    "spec_to_pine",
+    "statistics_table",
     "strategy_panel",
     "ticks_to_bars",
     "timeframe_label",

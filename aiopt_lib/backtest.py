@@ -35,7 +35,7 @@ Semantics (TradingView's defaults unless said otherwise)
   open - low`` by more than half a tick (the high is nearer the open) the price goes open → high →
   low → close, otherwise (ties, i.e. distances within half a tick, included) open → low → high →
   close. The first level touched along the path fills at the
-  level. A bar that **opens** through a level fills at the open (a stop gapped through gets the
+  level (a price equal to a level up to float noise, a millionth of a tick, touches it). A bar that **opens** through a level fills at the open (a stop gapped through gets the
   worse open, a take the better one). If the stop and trailing stop coincide the exit is
   ``"stop"``. A position stopped out in a bar can only be re-entered by a signal at that bar's
   close.
@@ -74,6 +74,9 @@ from aiopt_lib.errors import ConfigError
 EXIT_REASONS: tuple[str, ...] = ("signal", "stop", "take", "trail", "reverse", "end")
 _SIGNAL, _STOP, _TAKE, _TRAIL, _REVERSE, _END = range(6)
 _NONE = -1
+# touch tolerance in ticks: far above float noise (~1e-11 ticks at FX prices), far below any
+# real price difference (half a tick at least)
+_TOUCH = 1e-6
 # The FX year used to annualise: 252 trading days of 24 hours.
 YEAR = dt.timedelta(days=252)
 
@@ -205,15 +208,18 @@ def _walk_bar(side, o, h, lo, c, stop_level, take_level, trail_distance, best, t
     """
     # distances within half a tick are a tie (prices on the tick grid differ by a tick or more)
     path = (o, h, lo, c) if (o - lo) - (h - o) > 0.5 * tick else (o, lo, h, c)
+    # a price equal to a level up to float noise touches it (levels are on the tick grid, the
+    # walked prices may carry a half spread: 1.19001 - 0.00001 is one ulp below 1.19)
+    eps = _TOUCH * tick
     has_stop = not (math.isnan(stop_level) and math.isnan(trail_distance))
     take_x = side * take_level if not math.isnan(take_level) else math.inf
     # the open: a gap through a level fills at the open
     x = side * o
     if has_stop:
         level, reason = _stop_level(side, best, stop_level, trail_distance, tick)
-        if not math.isnan(level) and x <= side * level:
+        if not math.isnan(level) and x <= side * level + eps:
             return _to_tick(o, tick) - side * slip, reason, best
-    if x >= take_x:
+    if x >= take_x - eps:
         return _to_tick(o, tick), _TAKE, best
     if side * o > side * best:
         best = o
@@ -221,13 +227,13 @@ def _walk_bar(side, o, h, lo, c, stop_level, take_level, trail_distance, best, t
         a = side * path[k]
         b = side * path[k + 1]
         if b > a:
-            if b >= take_x:
+            if b >= take_x - eps:
                 return take_level, _TAKE, best
             if b > side * best:
                 best = path[k + 1]
         elif b < a and has_stop:
             level, reason = _stop_level(side, best, stop_level, trail_distance, tick)
-            if not math.isnan(level) and b <= side * level:
+            if not math.isnan(level) and b <= side * level + eps:
                 return level - side * slip, reason, best
     return math.nan, _NONE, best
 

@@ -11,6 +11,10 @@
     aiopt search --template NAME|FILE --out DIR [--storage URL] [--workers N]
                                     walk-forward Optuna search of a strategy template; writes the
                                     ranking (top 5 + DSR/PBO), the trials and the out-of-sample equity
+    aiopt pine export --ranking FILE --out DIR [--version 5|6]
+                                    the ranked strategies as TradingView Pine Script, validated
+    aiopt pine check FILE.pine [--fix]
+                                    syntax and semantic checks with line:column; exit 1 on errors
     aiopt run --config FILE         execute the notebooks of a run with papermill, render HTML reports
 
 Errors print one line (``aiopt: error: ...``) and exit 2; ``--debug`` shows the traceback.
@@ -180,6 +184,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--predictions", help="Parquet file or stream folder of model predictions (AI gate)"
     )
     search.add_argument("--no-progress", action="store_true")
+
+    pine = commands.add_parser("pine", help="export strategies to Pine Script, check Pine files")
+    pine_commands = pine.add_subparsers(dest="pine_command", required=True, metavar="SUBCOMMAND")
+    export = pine_commands.add_parser(
+        "export", help="ranking.json -> one validated .pine per strategy"
+    )
+    export.add_argument("--ranking", required=True, help="a ranking.json from aiopt search")
+    export.add_argument("--out", required=True, help="folder for <rank>_<name>.pine")
+    export.add_argument("--version", type=int, choices=[5, 6], default=5, help="Pine version")
+    check = pine_commands.add_parser("check", help="check a .pine file; exit 1 when it has errors")
+    check.add_argument("file", help="a .pine file")
+    check.add_argument("--version", type=int, choices=[5, 6], help="default: from //@version")
+    check.add_argument("--fix", action="store_true", help="write the auto-corrected script back")
 
     run = commands.add_parser("run", help="run the notebooks of a configuration with papermill")
     run.add_argument(
@@ -440,6 +457,38 @@ def _cmd_search(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_pine_export(args: argparse.Namespace) -> int:
+    from aiopt_lib.pine import export_ranking
+
+    files = export_ranking(args.ranking, args.out, version=args.version)
+    for file in files:
+        print(file.path if file.path else f"#{file.rank} {file.name}: not exported: {file.error}")
+    return EXIT_OK if all(f.path for f in files) else EXIT_PROBLEMS
+
+
+def _cmd_pine_check(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from aiopt_lib.atomic import write_text_atomic
+    from aiopt_lib.pine import check_pine, fix_pine
+
+    path = Path(args.file)
+    text = path.read_text()
+    if args.fix:
+        text, fixes = fix_pine(text, args.version)
+        for fix in fixes:
+            print(f"{path}: fixed: {fix}")
+        if fixes:
+            write_text_atomic(path, text)
+    issues = check_pine(text, args.version)
+    for issue in issues:
+        print(f"{path}:{issue.line}:{issue.column}: {issue.severity}: {issue.message}")
+    errors = [i for i in issues if i.severity == "error"]
+    if not issues:
+        print(f"{path}: ok")
+    return EXIT_PROBLEMS if errors else EXIT_OK
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from aiopt_lib.runner import load_run_config, run_pipeline
 
@@ -478,6 +527,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         handler = _cmd_features
     elif args.command == "search":
         handler = _cmd_search
+    elif args.command == "pine":
+        handler = _cmd_pine_export if args.pine_command == "export" else _cmd_pine_check
     elif args.command == "dataset":
         handler = _cmd_dataset_build if args.dataset_command == "build" else _cmd_dataset_images
     else:

@@ -40,6 +40,7 @@ def reference_backtest(
     n = bars.height
     tick, qty = config.tick_size, config.quantity
     slip = config.slippage_ticks * tick
+    eps = 1e-6 * tick  # an exact touch up to float noise fills
     allow_long = config.direction in ("long", "both")
     allow_short = config.direction in ("short", "both")
 
@@ -141,39 +142,39 @@ def reference_backtest(
             level, why = protective()
             take = pos["take"]
             if side == "long":
-                if level is not None and o <= level:
+                if level is not None and o <= level + eps:
                     close(t, _tick(o, tick) - slip, why)
-                elif take is not None and o >= take:
+                elif take is not None and o >= take - eps:
                     close(t, _tick(o, tick), "take")
                 else:
                     pos["best"] = max(pos["best"], o)
                     for a, b in itertools.pairwise(path):
                         if b > a:
-                            if take is not None and b >= take:
+                            if take is not None and b >= take - eps:
                                 close(t, take, "take")
                                 break
                             pos["best"] = max(pos["best"], b)
                         elif b < a:
                             level, why = protective()
-                            if level is not None and b <= level:
+                            if level is not None and b <= level + eps:
                                 close(t, level - slip, why)
                                 break
             else:
-                if level is not None and o >= level:
+                if level is not None and o >= level - eps:
                     close(t, _tick(o, tick) + slip, why)
-                elif take is not None and o <= take:
+                elif take is not None and o <= take + eps:
                     close(t, _tick(o, tick), "take")
                 else:
                     pos["best"] = min(pos["best"], o)
                     for a, b in itertools.pairwise(path):
                         if b < a:
-                            if take is not None and b <= take:
+                            if take is not None and b <= take + eps:
                                 close(t, take, "take")
                                 break
                             pos["best"] = min(pos["best"], b)
                         elif b > a:
                             level, why = protective()
-                            if level is not None and b >= level:
+                            if level is not None and b >= level - eps:
                                 close(t, level + slip, why)
                                 break
         if t < n - 1:
@@ -649,3 +650,32 @@ def test_invalid_inputs_are_refused() -> None:
         run_backtest(bars, _signals(2))
     with pytest.raises(ValueError, match="stop_distance"):
         run_backtest(bars, _signals(3, stop_distance=[0.001, -0.001, np.nan]))
+
+
+def test_a_level_touched_exactly_through_the_spread_fills():
+    """Regression: the bid high 1.19001 - 0.00001 is 1.19 in floats, one ulp below the
+    tick-rounded take level 1.1900000000000002; an exact touch must still fill (as on
+    TradingView and in Nautilus, which compare on the tick grid)."""
+    bars = make_bars(
+        [1.18, 1.18, 1.18, 1.18],
+        [1.18, 1.19001, 1.18, 1.18],
+        [1.18, 1.18, 1.18, 1.18],
+        [1.18, 1.18, 1.18, 1.18],
+    )
+    signals = OrderSignals(
+        long_entry=np.array([True, False, False, False]),
+        long_exit=np.zeros(4, dtype=bool),
+        short_entry=np.zeros(4, dtype=bool),
+        short_exit=np.zeros(4, dtype=bool),
+        take_distance=np.full(4, 0.00999),  # entry 1.18001 + 0.00999 -> level 1.19000
+    )
+    config = ExecutionConfig(spread=0.00002)
+    trades = run_backtest(bars, signals, config).trades
+    assert trades.get_column("exit_reason").to_list() == ["take"]
+    assert trades.get_column("exit_price")[0] == pytest.approx(1.19, abs=1e-12)
+    assert trades.get_column("exit_ts")[0] == bars.get_column("ts")[1]
+    (entry_i, exit_i, _side, _entry, exit_px, _costs, reason), *more = reference_backtest(
+        bars, signals, config
+    )[0]
+    assert (entry_i, exit_i, reason, more) == (1, 1, "take", [])
+    assert exit_px == pytest.approx(1.19, abs=1e-12)

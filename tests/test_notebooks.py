@@ -126,6 +126,15 @@ def test_default_run_writes_offline_report(tmp_path):
     ranking = load_ranking(run_dir / "ranking.json")
     assert 1 <= len(ranking) <= 5
     assert [extra["rank"] for _, extra in ranking] == list(range(1, len(ranking) + 1))
+    pine_files = sorted((run_dir / "strategies").glob("*.pine"))
+    assert len(pine_files) == len(ranking)
+    assert all(f.read_text().startswith("//@version=5") for f in pine_files)
+    # notebook 05: Nautilus parity for the ranking, statistics, the tearsheet, Pine run offline
+    page05 = (report_dir / "05_backtest.html").read_text(encoding="utf-8")
+    assert "Traceback" not in page05
+    assert "strategies trade identically in both engines" in page05
+    assert page05.count('class="aiopt-vega"') == 1  # the tearsheet
+    assert page05.count("trades equal") + page05.count("first difference at trade") == len(ranking)
     executed = nbformat.read(run_dir / "01_data_exploration.ipynb", as_version=4)
     injected = [c for c in executed.cells if "injected-parameters" in c.metadata.get("tags", [])]
     assert injected and "run_dir" in injected[0].source
