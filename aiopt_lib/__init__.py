@@ -107,6 +107,7 @@ _LAZY_MODULES = {
         ("run_nautilus", "run_nautilus_full", "run_from_catalog", "statistics_table"), "nautilus"
     ),
     **dict.fromkeys(("run_pine_offline", "compare_trades"), "pine_exec"),
+    **dict.fromkeys(("distill_signal_model", "distilled_pine"), "distill"),
     **dict.fromkeys(("spec_to_pine", "check_pine", "fix_pine", "export_ranking"), "pine"),
 }
 
@@ -184,6 +185,8 @@ __all__ = [
     "compile_signals",
     "deflated_sharpe_ratio",
     "describe_bars",
+    "distill_signal_model",
+    "distilled_pine",
     "ensure_bars",
     "evaluation_table",
     "export_ranking",
