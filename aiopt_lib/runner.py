@@ -240,8 +240,31 @@ def _strip_external_scripts(page: str) -> str:
     return re.sub(r'<script[^>]+src="https?://[^"]*"[^>]*>\s*</script>', "", page)
 
 
+def _publish_strategies(run_dir: Path, report_dir: Path) -> list[dict[str, str]]:
+    """Copy the run's exported Pine files (``run_dir/strategies/*.pine``, from notebooks 04/05)
+    to ``report_dir/strategies/`` and return one row per file with its parity status (from
+    ``strategies/parity.json`` written by notebook 05, when present)."""
+    source = run_dir / "strategies"
+    files = sorted(source.glob("*.pine")) if source.is_dir() else []
+    status: dict[str, str] = {}
+    parity_file = source / "parity.json"
+    if parity_file.exists():
+        for row in json.loads(parity_file.read_text()):
+            if row.get("file"):
+                status[str(row["file"])] = str(row.get("parity", ""))
+    rows = []
+    for file in files:
+        write_text_atomic(report_dir / "strategies" / file.name, file.read_text())
+        rows.append({"file": file.name, "parity": status.get(file.name, "not checked")})
+    return rows
+
+
 def _write_index(
-    result_dir: Path, run_id: str, config: RunConfig, steps: Sequence[StepResult]
+    result_dir: Path,
+    run_id: str,
+    config: RunConfig,
+    steps: Sequence[StepResult],
+    strategies: Sequence[dict[str, str]] = (),
 ) -> Path:
     rows = []
     for step in steps:
@@ -254,6 +277,18 @@ def _write_index(
         f"<tr><td>{html.escape(s.name)}</td><td><code>{html.escape(json.dumps(dict(s.parameters), default=str))}</code></td></tr>"
         for s in config.steps
     )
+    strategy_rows = "".join(
+        f'<tr><td><a href="strategies/{html.escape(r["file"])}">{html.escape(r["file"])}</a></td>'
+        f"<td>{html.escape(r['parity'])}</td></tr>"
+        for r in strategies
+    )
+    strategy_section = (
+        "<h2>Pine Script strategies</h2><p>TradingView strategies of the ranking, run offline on the "
+        "same bars and compared trade by trade with the vectorised engine.</p>"
+        f"<table><tr><th>file</th><th>parity</th></tr>{strategy_rows}</table>"
+        if strategies
+        else ""
+    )
     from aiopt_lib import __version__
 
     page = f"""<!DOCTYPE html>
@@ -264,6 +299,7 @@ def _write_index(
 <p>Configuration <b>{html.escape(config.name)}</b> ({html.escape(str(config.source_file or ""))}),
 aiopt {__version__}, Python {platform.python_version()}.</p>
 <h2>Notebooks</h2><table><tr><th>report</th><th>duration</th><th>status</th></tr>{"".join(rows)}</table>
+{strategy_section}
 <h2>Parameters</h2><table>{params}</table>
 </body></html>
 """
@@ -345,5 +381,6 @@ def run_pipeline(
             raise StageFailedError(
                 f"notebook {step.name} failed ({error}); executed notebook: {out_nb}; report: {out_html}"
             )
-    index = _write_index(report_dir, run_id, config, results)
+    strategies = _publish_strategies(run_dir, report_dir)
+    index = _write_index(report_dir, run_id, config, results, strategies)
     return RunResult(run_id, run_dir, report_dir, index, tuple(results))

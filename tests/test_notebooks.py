@@ -135,6 +135,14 @@ def test_default_run_writes_offline_report(tmp_path):
     assert "strategies trade identically in both engines" in page05
     assert page05.count('class="aiopt-vega"') == 1  # the tearsheet
     assert page05.count("trades equal") + page05.count("first difference at trade") == len(ranking)
+    # the index lists the Pine files, copied into the report folder, with their parity status
+    published = sorted(p.name for p in (report_dir / "strategies").glob("*.pine"))
+    assert published == [p.name for p in pine_files]
+    for name in published:
+        assert f'href="strategies/{name}"' in index
+    parity = json.loads((run_dir / "strategies" / "parity.json").read_text())
+    assert {row["file"] for row in parity} == set(published)
+    assert all(row["parity"] in index for row in parity)
     executed = nbformat.read(run_dir / "01_data_exploration.ipynb", as_version=4)
     injected = [c for c in executed.cells if "injected-parameters" in c.metadata.get("tags", [])]
     assert injected and "run_dir" in injected[0].source
