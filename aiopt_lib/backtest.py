@@ -81,6 +81,23 @@ _TOUCH = 1e-6
 YEAR = dt.timedelta(days=252)
 
 
+# The one trades-frame schema (module docstring): every engine (vectorised, Nautilus, Pine run
+# offline) returns its trades in it.
+TRADES_SCHEMA: dict[str, pl.DataType] = {
+    "entry_ts": pl.Datetime("us", "UTC"),
+    "exit_ts": pl.Datetime("us", "UTC"),
+    "side": pl.String(),
+    "entry_price": pl.Float64(),
+    "exit_price": pl.Float64(),
+    "quantity": pl.Float64(),
+    "pnl": pl.Float64(),
+    "return": pl.Float64(),
+    "costs": pl.Float64(),
+    "exit_reason": pl.String(),
+    "bars_held": pl.Int64(),
+}
+
+
 @dataclass(frozen=True)
 class OrderSignals:
     """What a strategy asks for, per bar, evaluated at the bar's close (all arrays of length n).
@@ -578,19 +595,7 @@ def _trades_frame(
             "exit_reason": np.asarray(EXIT_REASONS, dtype=object)[reason].astype(str),
             "bars_held": (exit_i - entry_i).astype(np.int64),
         },
-        schema={
-            "entry_ts": ts.dtype,
-            "exit_ts": ts.dtype,
-            "side": pl.String,
-            "entry_price": pl.Float64,
-            "exit_price": pl.Float64,
-            "quantity": pl.Float64,
-            "pnl": pl.Float64,
-            "return": pl.Float64,
-            "costs": pl.Float64,
-            "exit_reason": pl.String,
-            "bars_held": pl.Int64,
-        },
+        schema={**TRADES_SCHEMA, "entry_ts": ts.dtype, "exit_ts": ts.dtype},
     )
 
 
@@ -676,6 +681,7 @@ def metrics_from_arrays(
 
 __all__ = [
     "EXIT_REASONS",
+    "TRADES_SCHEMA",
     "BacktestResult",
     "ExecutionConfig",
     "OrderSignals",

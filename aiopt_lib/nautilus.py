@@ -104,7 +104,7 @@ from nautilus_trader.test_kit.providers import TestInstrumentProvider
 from nautilus_trader.trading.strategy import Strategy
 
 from aiopt_lib.atomic import write_parquet_atomic
-from aiopt_lib.backtest import EXIT_REASONS, OrderSignals, fill_prices
+from aiopt_lib.backtest import EXIT_REASONS, TRADES_SCHEMA, OrderSignals, fill_prices
 from aiopt_lib.bars import ensure_bars, infer_timeframe
 from aiopt_lib.errors import ConfigError
 from aiopt_lib.strategy import StrategySpec, compile_signals
@@ -590,19 +590,7 @@ def _protective_reason(order: Any) -> str:
 # Running and reading back
 
 
-_TRADE_SCHEMA = {
-    "entry_ts": pl.Datetime("us", "UTC"),
-    "exit_ts": pl.Datetime("us", "UTC"),
-    "side": pl.String,
-    "entry_price": pl.Float64,
-    "exit_price": pl.Float64,
-    "quantity": pl.Float64,
-    "pnl": pl.Float64,
-    "return": pl.Float64,
-    "costs": pl.Float64,
-    "exit_reason": pl.String,
-    "bars_held": pl.Int64,
-}
+_TRADE_SCHEMA = TRADES_SCHEMA
 
 
 def trades_from_engine(

@@ -82,6 +82,7 @@ from typing import Any
 import polars as pl
 
 from aiopt_lib.atomic import write_text_atomic
+from aiopt_lib.backtest import TRADES_SCHEMA
 from aiopt_lib.bars import TS_DTYPE, ensure_bars, infer_timeframe
 from aiopt_lib.errors import ConfigError
 
@@ -98,19 +99,7 @@ TRADE_COLUMNS: tuple[str, ...] = (
     "exit_reason",
     "bars_held",
 )
-_TRADES_SCHEMA: dict[str, Any] = {
-    "entry_ts": TS_DTYPE,
-    "exit_ts": TS_DTYPE,
-    "side": pl.String,
-    "entry_price": pl.Float64,
-    "exit_price": pl.Float64,
-    "quantity": pl.Float64,
-    "pnl": pl.Float64,
-    "return": pl.Float64,
-    "costs": pl.Float64,
-    "exit_reason": pl.String,
-    "bars_held": pl.Int64,
-}
+_TRADES_SCHEMA: dict[str, Any] = TRADES_SCHEMA
 _BRACKET_REASONS = frozenset({"stop", "take", "trail"})
 # the tick a spec_to_pine script asserts: `math.abs(syminfo.mintick - 0.00001) > ...`
 _MINTICK_GUARD = re.compile(r"syminfo\.mintick\s*-\s*([0-9][0-9.eE+-]*)\s*\)")
