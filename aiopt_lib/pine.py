@@ -42,10 +42,9 @@ Exact (same definitions, same numbers):
 
 Not exact (said in the header of every script):
 
-* TradingView has no spread: a fixed spread is added to the slippage as half the spread in whole
-  ticks (exact for market orders when the half-spread is a whole number of ticks; stops and takes
-  trigger on the chart's prices instead of the exit side's); ``spread="data"`` uses the chart's
-  prices only;
+* ``spread="data"`` (bid/ask columns) cannot be expressed: TradingView fills on the chart's
+  prices (a fixed spread is exact: the engine charges it as TradingView's slippage, see
+  :class:`aiopt_lib.strategy.Costs`);
 * when the spec sets both ``commission_percent`` and ``commission_per_unit``, TradingView takes
   one commission type: the per-unit part is exported, the percent part is not (a warning and a
   header line say so);
@@ -71,7 +70,6 @@ integer literals. Every :class:`PineIssue` points at the offending token (1-base
 
 from __future__ import annotations
 
-import math
 import re
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
@@ -580,36 +578,20 @@ def _commission(spec: StrategySpec, notes: list[str]) -> tuple[str, float]:
     return "strategy.commission.cash_per_contract", costs.commission_per_unit
 
 
-def _half_spread_ticks(spec: StrategySpec) -> int:
-    """Half the spec's fixed spread in whole ticks (0 for ``spread: data``)."""
-    spread = spec.costs.spread
-    if spread == "data":
-        return 0
-    half_ticks = float(spread) * spec.instrument_pip_size / 2.0 / spec.instrument_tick_size
-    return math.floor(half_ticks + 0.5)
-
-
 def _slippage(spec: StrategySpec, notes: list[str]) -> int:
     slippage = int(spec.costs.slippage_ticks)
-    spread = spec.costs.spread
-    if spread == "data":
+    if spec.costs.spread == "data":
         notes.append(
             "NOT EXACT: the spec takes bid/ask from the data; TradingView fills on the chart's prices"
         )
         return slippage
-    rounded = _half_spread_ticks(spec)
-    if rounded:
+    half = spec.half_spread_ticks
+    if half:
         notes.append(
-            f"TradingView has no spread: half the {spread}-pip spread ({rounded} tick(s)) is added "
-            f"to the slippage of {slippage} tick(s) (market and stop fills), and the stop-loss is "
-            f"set {rounded} tick(s) nearer the entry, so stops trigger and fill as on the bid/ask"
+            f"the fixed {spec.costs.spread}-pip spread is charged as aiopt's engine charges it: "
+            f"half of it ({half} tick(s)) added to the slippage of {slippage} tick(s)"
         )
-        notes.append(
-            "NOT EXACT: a take-profit (a limit order: no slippage) triggers on the chart price, "
-            "half a spread before the engine's, and a bar gapping through it fills at the chart's "
-            "open, half a spread better"
-        )
-    return slippage + rounded
+    return slippage + half
 
 
 def _distance_expr(builder: _Builder, distance: Distance) -> str:
@@ -826,11 +808,6 @@ def spec_to_ir(
         if loss:
             # the trailing stop starts at the fill in the engine: a fixed stop at the same distance
             # covers TradingView's trail before its activation
-            half = _half_spread_ticks(spec)
-            if half:
-                # the engine triggers on the bid (long) / ask (short), half a spread from the
-                # chart; TradingView triggers on the chart and adds the half spread as slippage
-                loss = f"({loss}) - {half}" if " " in loss else f"{loss} - {half}"
             arguments.append(f"loss={loss}")
         if "take" in ticks:
             arguments.append(f"profit={ticks['take']}")

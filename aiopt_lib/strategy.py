@@ -43,7 +43,8 @@ verifies that empirically on a spec's compiled signals.
 Stops and costs: :class:`Distance` gives the stop-loss / take-profit / trailing-stop distance in
 ``pips``, ``percent`` of the signal bar's close, or ``atr`` multiples of ``atr(atr_length)`` at the
 signal bar; :class:`Costs` the spread (``"data"``: the bars' bid/ask or ``spread`` columns; or a
-fixed number of pips), commission and slippage. Fills follow :mod:`aiopt_lib.backtest`.
+fixed number of pips, charged as TradingView would: half of it as slippage), commission and
+slippage. Fills follow :mod:`aiopt_lib.backtest`.
 """
 
 from __future__ import annotations
@@ -497,9 +498,18 @@ class Distance(_Frozen):
 
 
 class Costs(_Frozen):
-    """Trading costs: ``spread`` ``"data"`` (the bars' bid/ask columns, else their ``spread``
-    column, else none) or a fixed number of pips; commission per fill as percent of notional
-    and/or money per unit; slippage in ticks on market and stop fills."""
+    """Trading costs: commission per fill as percent of notional and/or money per unit;
+    slippage in ticks on market and stop fills; and the spread:
+
+    * ``"data"`` (default): fills on each side of the bars' bid/ask columns (buys at the ask,
+      sells at the bid, stops and takes triggered on the exit side), else their per-bar ``spread``
+      column around the main price, else none;
+    * a fixed number of pips: TradingView's cost model, which has no spread (so a Pine export
+      trades exactly the same): half the spread, rounded to whole ticks, is added to the slippage
+      of every market and stop fill (entries, signal exits, reversals, stop-losses, trailing
+      stops), orders trigger on the bars' prices, and a take-profit (a limit order) fills at its
+      level.
+    """
 
     spread: Literal["data"] | float = "data"
     commission_percent: float = 0.0
@@ -630,17 +640,28 @@ class StrategySpec(_Frozen):
         """A pip: ``pip_size`` or ten ticks (FX convention for 5- and 3-digit quotes)."""
         return self.pip_size if self.pip_size is not None else 10.0 * self.instrument_tick_size
 
-    def execution_config(self) -> ExecutionConfig:
-        """The backtest engine's settings for this spec."""
+    @property
+    def half_spread_ticks(self) -> int:
+        """Half a fixed spread in whole ticks (rounded half up; 0 for ``spread: data``): the extra
+        slippage a fixed spread costs each market and stop fill (:class:`Costs`)."""
         spread = self.costs.spread
+        if spread == "data":
+            return 0
+        half = float(spread) * self.instrument_pip_size / 2.0 / self.instrument_tick_size
+        return math.floor(half + 0.5 + 1e-9)
+
+    def execution_config(self) -> ExecutionConfig:
+        """The backtest engine's settings for this spec (a fixed spread as extra slippage on the
+        bars' main prices, see :class:`Costs`)."""
+        fixed = self.costs.spread != "data"
         return ExecutionConfig(
             tick_size=self.instrument_tick_size,
             quantity=self.quantity,
             initial_capital=self.initial_capital,
             commission_per_unit=self.costs.commission_per_unit,
             commission_percent=self.costs.commission_percent,
-            slippage_ticks=self.costs.slippage_ticks,
-            spread=None if spread == "data" else float(spread) * self.instrument_pip_size,
+            slippage_ticks=self.costs.slippage_ticks + self.half_spread_ticks,
+            spread=0.0 if fixed else None,  # 0.0: the main prices, even if bid/ask are there
             fill=self.fill,
             direction=self.direction,
         )

@@ -103,12 +103,12 @@ def test_ema_cross_structure() -> None:
     assert "long_stop_ticks := math.ceil(stop_distance / syminfo.mintick - 0.5)" in text
     assert "long_take_ticks := math.floor(take_distance / syminfo.mintick + 0.5)" in text
     assert "short_stop_ticks := math.floor(stop_distance / syminfo.mintick + 0.5)" in text
-    # the half of the 0.2-pip spread (1 tick) moves the stop nearer: TradingView triggers on the
-    # chart price, the engine on the bid (long) / ask (short)
     assert (
-        'strategy.exit("XL", from_entry="L", loss=long_stop_ticks - 1, profit=long_take_ticks, '
+        'strategy.exit("XL", from_entry="L", loss=long_stop_ticks, profit=long_take_ticks, '
         'comment_loss="stop", comment_profit="take")' in text
     )
+    # the 0.2-pip spread: half of it (1 tick) added to the template's 1 tick of slippage
+    assert "slippage=2" in text
     # both entries on one bar enter neither, as in the engine
     assert "bool go_long = long_entry and not short_entry" in text
 

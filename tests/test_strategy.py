@@ -407,9 +407,12 @@ def test_execution_config_carries_the_costs() -> None:
         ),
     )
     config = spec.execution_config()
-    assert config.spread == pytest.approx(1.5e-4, rel=1e-12)  # pips * pip size
+    # a fixed spread is TradingView's cost: half of 1.5 pips = 7.5 ticks -> 8 ticks of slippage
+    # on the main prices (spread 0.0: bid/ask columns, if any, are not used)
+    assert config.spread == 0.0
+    assert spec.half_spread_ticks == 8
     assert (config.commission_percent, config.commission_per_unit) == (0.01, 2e-5)
-    assert (config.slippage_ticks, config.fill, config.direction) == (2, "close", "short")
+    assert (config.slippage_ticks, config.fill, config.direction) == (2 + 8, "close", "short")
     assert config.quantity == 5_000.0
     assert ema_cross_spec(costs=Costs()).execution_config().spread is None  # "data"
 
