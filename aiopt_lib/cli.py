@@ -16,6 +16,7 @@
     aiopt pine check FILE.pine [--fix]
                                     syntax and semantic checks with line:column; exit 1 on errors
     aiopt run --config FILE         execute the notebooks of a run with papermill, render HTML reports
+    aiopt batch FILE [--workers N]  a grid or list of runs in parallel, and a comparison page
 
 Errors print one line (``aiopt: error: ...``) and exit 2; ``--debug`` shows the traceback.
 """
@@ -198,6 +199,16 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--version", type=int, choices=[5, 6], help="default: from //@version")
     check.add_argument("--fix", action="store_true", help="write the auto-corrected script back")
 
+    batch = commands.add_parser(
+        "batch", help="run a batch file's runs in parallel and write a comparison page"
+    )
+    batch.add_argument("file", help="batch file (YAML): base + grid or runs")
+    batch.add_argument(
+        "--workers", type=int, help="runs at the same time (default: the file's workers, else 1)"
+    )
+    batch.add_argument("--runs-dir", default="papermill_runs", help="where run folders go")
+    batch.add_argument("--reports-dir", default="reports", help="where reports go")
+
     run = commands.add_parser("run", help="run the notebooks of a configuration with papermill")
     run.add_argument(
         "--config", default="papermill_runs/default.yaml", help="run configuration (YAML)"
@@ -210,7 +221,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="override a parameter (NOTEBOOK.KEY=VALUE for one notebook); repeatable",
     )
-    run.add_argument("--run-id", help="use this run id instead of time+hash")
+    run.add_argument(
+        "--run-id",
+        help="use this run id instead of time+hash; an existing id resumes the run: unchanged "
+        "stages (same notebook, parameters and upstream stages) are skipped",
+    )
+    run.add_argument(
+        "--force", action="store_true", help="rerun every stage, even the unchanged ones"
+    )
     run.add_argument("--runs-dir", default="papermill_runs", help="where executed notebooks go")
     run.add_argument("--reports-dir", default="reports", help="where HTML reports go")
     run.add_argument("--show-code", action="store_true", help="show code cells in the HTML reports")
@@ -489,6 +507,22 @@ def _cmd_pine_check(args: argparse.Namespace) -> int:
     return EXIT_PROBLEMS if errors else EXIT_OK
 
 
+def _cmd_batch(args: argparse.Namespace) -> int:
+    from aiopt_lib.batch import run_batch
+
+    result = run_batch(
+        args.file,
+        workers=args.workers,
+        runs_dir=args.runs_dir,
+        reports_dir=args.reports_dir,
+        log=lambda message: print(message, file=sys.stderr, flush=True),
+    )
+    for run in result.failed:
+        print(f"run {run.run_id} failed: {run.error}", file=sys.stderr)
+    print(f"report: {result.index}")
+    return EXIT_OK if result.ok else EXIT_PROBLEMS
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from aiopt_lib.runner import load_run_config, run_pipeline
 
@@ -503,6 +537,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         reports_dir=args.reports_dir,
         run_id=args.run_id,
         show_code=True if args.show_code else None,
+        force=args.force,
         log=log,
     )
     print(f"run {result.run_id}: executed notebooks in {result.run_dir}")
@@ -527,6 +562,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         handler = _cmd_features
     elif args.command == "search":
         handler = _cmd_search
+    elif args.command == "batch":
+        handler = _cmd_batch
     elif args.command == "pine":
         handler = _cmd_pine_export if args.pine_command == "export" else _cmd_pine_check
     elif args.command == "dataset":

@@ -625,7 +625,21 @@ def distilled_pine(
         else pine.TupleVar(d.names, d.expr)
         for d in declarations
     )
-    text = pine.render(dataclasses.replace(script, declarations=(*hoisted, *script.declarations)))
+    # the header says what stands in for the model and how faithfully (fidelity per class)
+    header = (
+        *script.header_comments,
+        "",
+        *model.describe().splitlines(),
+        *(
+            f"  {row['label']}: recall {row['recall']:.3f} precision {row['precision']:.3f}"
+            for row in model.fidelity_table().iter_rows(named=True)
+        ),
+    )
+    text = pine.render(
+        dataclasses.replace(
+            script, header_comments=header, declarations=(*hoisted, *script.declarations)
+        )
+    )
     if validate:
         errors = [i for i in pine.check_pine(text, version) if i.severity == "error"]
         if errors:

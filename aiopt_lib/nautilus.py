@@ -3,9 +3,12 @@ event-driven ``BacktestEngine`` and return the trades in our trades-frame schema
 vectorised engine (:mod:`aiopt_lib.backtest`) with an independent order, position and account
 simulation.
 
-First step (issue 7): :class:`SpecStrategy` trades the spec's per-bar signals **precomputed** by
-:func:`~aiopt_lib.strategy.compile_signals`; evaluating the rule tree bar by bar inside Nautilus
-is the next step. What Nautilus does on its own here: order lifecycle, latency-free matching
+:class:`SpecStrategy` trades the spec's per-bar signals either **precomputed** by
+:func:`~aiopt_lib.strategy.compile_signals` (the default, fastest) or evaluated **bar by bar**
+inside Nautilus (``run_nautilus(..., mode="bar_by_bar")``: a
+:class:`~aiopt_lib.streaming.StreamingEvaluator` fed each bar as it arrives, the AI gate reading
+the predictions by the bar's open time; the same trades). Bar by bar, ``volume`` is Nautilus'
+bar volume, rounded to a whole unit. What Nautilus does on its own here: order lifecycle, latency-free matching
 against the quotes, contingent exits, position accounting (HEDGING: one position id per trade),
 commissions through a fee model, PnL and the margin account.
 
@@ -108,6 +111,7 @@ from aiopt_lib.backtest import EXIT_REASONS, TRADES_SCHEMA, OrderSignals, fill_p
 from aiopt_lib.bars import ensure_bars, infer_timeframe
 from aiopt_lib.errors import ConfigError
 from aiopt_lib.strategy import StrategySpec, compile_signals
+from aiopt_lib.streaming import BarSignals, StreamingEvaluator
 
 VENUE = Venue("SIM")
 _ALERT_DELAY_NS = 1_000  # the market orders of a close go out 1 µs after the next open quote
@@ -409,6 +413,33 @@ class SignalPlan:
             trail=distance(signals.trail_distance),
         )
 
+    @classmethod
+    def empty(cls, n: int) -> SignalPlan:
+        """A plan of ``n`` bars with no signals and no distances, filled bar by bar by
+        :meth:`set_bar` (the ``"bar_by_bar"`` mode of :class:`SpecStrategy`)."""
+        never = np.zeros(n, dtype=bool)
+        nan = np.full(n, np.nan)
+        return cls(never, never.copy(), never.copy(), never.copy(), nan, nan.copy(), nan.copy())
+
+    def set_bar(self, t: int, signals: BarSignals, direction: str) -> None:
+        """Resolve one bar's :class:`~aiopt_lib.streaming.BarSignals` into row ``t``, with the
+        rules of :meth:`from_signals`."""
+        allow_long = direction in ("long", "both")
+        allow_short = direction in ("short", "both")
+        want_long = signals.long_entry and allow_long
+        want_short = signals.short_entry and allow_short
+        conflict = want_long and want_short
+        self.want_long[t] = want_long and not conflict
+        self.want_short[t] = want_short and not conflict
+        self.exit_long[t] = signals.long_exit or (signals.short_entry and not allow_short)
+        self.exit_short[t] = signals.short_exit or (signals.long_entry and not allow_long)
+        for name, value in (
+            ("stop", signals.stop_distance),
+            ("take", signals.take_distance),
+            ("trail", signals.trail_distance),
+        ):
+            getattr(self, name)[t] = value if value > 0 and not math.isinf(value) else np.nan
+
 
 class SpecStrategyConfig(StrategyConfig, frozen=True):
     """Nautilus config of :class:`SpecStrategy`: the bar type and the order quantity."""
@@ -418,11 +449,15 @@ class SpecStrategyConfig(StrategyConfig, frozen=True):
 
 
 class SpecStrategy(Strategy):
-    """A StrategySpec as a Nautilus strategy, trading precomputed per-bar signals.
+    """A StrategySpec as a Nautilus strategy, in one of two modes.
 
-    This first step takes the spec's signals computed by
-    :func:`~aiopt_lib.strategy.compile_signals` (a :class:`SignalPlan`, indexed by the bars'
-    close times); evaluating the rule tree bar by bar inside Nautilus is the next step.
+    * precomputed (``plan``): the spec's signals computed by
+      :func:`~aiopt_lib.strategy.compile_signals` (a :class:`SignalPlan`, indexed by the bars'
+      close times);
+    * bar by bar (``evaluator``, a :class:`~aiopt_lib.streaming.StreamingEvaluator`, and the
+      spec's ``direction``): each bar's rules, distances and AI gate are evaluated in
+      :meth:`on_bar` from that bar's own prices and the bars before it, as a live strategy must;
+      the values equal the precomputed ones (:mod:`aiopt_lib.streaming`).
 
     On each bar ``t`` (at its close): the last bar closes an open position (``"end"``);
     otherwise the target position follows our engine's rules (flat: an entry opens; in a
@@ -434,10 +469,23 @@ class SpecStrategy(Strategy):
     """
 
     def __init__(
-        self, config: SpecStrategyConfig, plan: SignalPlan, data: NautilusData, tick: float
+        self,
+        config: SpecStrategyConfig,
+        plan: SignalPlan | None,
+        data: NautilusData,
+        tick: float,
+        *,
+        evaluator: StreamingEvaluator | None = None,
+        direction: str = "both",
     ) -> None:
         super().__init__(config)
-        self.plan = plan
+        if (plan is None) == (evaluator is None):
+            raise ConfigError("give SpecStrategy either a precomputed plan or an evaluator")
+        # bar by bar, the plan is filled as the bars arrive: row t is written at bar t's close
+        self.plan = plan if plan is not None else SignalPlan.empty(len(data.close_ns))
+        self.evaluator = evaluator
+        self.direction = direction
+        self.timeframe_ns = int(data.timeframe.total_seconds() * 1e9)
         self.tick = tick
         self.open_ns = data.open_ns
         self.index = {int(t): i for i, t in enumerate(data.close_ns)}
@@ -461,6 +509,17 @@ class SpecStrategy(Strategy):
         """Resolve the close of bar ``t`` (class docstring)."""
         t = self.index[bar.ts_event]
         plan = self.plan
+        if self.evaluator is not None:
+            # the rules on this bar's own prices; the bar is stamped at its close
+            signals = self.evaluator.update(
+                bar.open.as_double(),
+                bar.high.as_double(),
+                bar.low.as_double(),
+                bar.close.as_double(),
+                bar.volume.as_double(),
+                bar.ts_event - self.timeframe_ns,
+            )
+            plan.set_bar(t, signals, self.direction)
         pos = self._side
         if t == self.last:
             if pos != 0:
@@ -719,25 +778,36 @@ def run_nautilus_full(
     predictions: pl.DataFrame | None = None,
     *,
     signals: OrderSignals | None = None,
+    mode: Literal["precomputed", "bar_by_bar"] = "precomputed",
 ) -> NautilusRun:
     """Run ``spec`` on ``bars`` in Nautilus' ``BacktestEngine`` (module docstring) and return the
     trades in our schema with Nautilus' reports and portfolio statistics (:class:`NautilusRun`).
 
-    ``signals`` may be given (already compiled); otherwise
+    ``mode="precomputed"``: ``signals`` may be given (already compiled); otherwise
     :func:`~aiopt_lib.strategy.compile_signals` ``(spec, bars, predictions)``.
+    ``mode="bar_by_bar"``: the strategy evaluates the rules on each bar as it arrives
+    (:class:`~aiopt_lib.streaming.StreamingEvaluator`, reading ``predictions`` by the bar's open
+    time); same trades, slower (Python per bar).
     """
     bars = ensure_bars(bars)
+    if mode not in ("precomputed", "bar_by_bar"):
+        raise ConfigError(f"mode must be 'precomputed' or 'bar_by_bar', got {mode!r}")
+    if mode == "bar_by_bar" and signals is not None:
+        raise ConfigError("mode='bar_by_bar' evaluates the rules itself: do not give signals")
     engine, data = build_engine(bars, spec)
     try:
-        if signals is None:
-            signals = compile_signals(spec, bars, predictions)
-        plan = SignalPlan.from_signals(signals, spec.direction)
-        strategy = SpecStrategy(
-            SpecStrategyConfig(bar_type=data.bar_type, quantity=spec.quantity),
-            plan,
-            data,
-            spec.instrument_tick_size,
-        )
+        config = SpecStrategyConfig(bar_type=data.bar_type, quantity=spec.quantity)
+        tick = spec.instrument_tick_size
+        if mode == "bar_by_bar":
+            evaluator = StreamingEvaluator(spec, predictions)
+            strategy = SpecStrategy(
+                config, None, data, tick, evaluator=evaluator, direction=spec.direction
+            )
+        else:
+            if signals is None:
+                signals = compile_signals(spec, bars, predictions)
+            plan = SignalPlan.from_signals(signals, spec.direction)
+            strategy = SpecStrategy(config, plan, data, tick)
         engine.add_strategy(strategy)
         engine.run()
         return _collect(engine, strategy, data, bars.get_column("ts"))
@@ -751,15 +821,18 @@ def run_nautilus(
     predictions: pl.DataFrame | None = None,
     *,
     signals: OrderSignals | None = None,
+    mode: Literal["precomputed", "bar_by_bar"] = "precomputed",
 ) -> pl.DataFrame:
     """Run ``spec`` on ``bars`` in Nautilus' ``BacktestEngine`` (module docstring) and return
     the trades in the schema of :func:`aiopt_lib.backtest.run_backtest`'s trades frame.
 
-    ``signals`` may be given (already compiled); otherwise
-    :func:`~aiopt_lib.strategy.compile_signals` ``(spec, bars, predictions)``. The reports and
-    statistics come with :func:`run_nautilus_full`.
+    ``mode="precomputed"`` (default, faster): ``signals`` may be given (already compiled);
+    otherwise :func:`~aiopt_lib.strategy.compile_signals` ``(spec, bars, predictions)``.
+    ``mode="bar_by_bar"``: :class:`SpecStrategy` evaluates the spec on each bar inside Nautilus
+    (:mod:`aiopt_lib.streaming`), as it would live. The reports and statistics come with
+    :func:`run_nautilus_full`.
     """
-    return run_nautilus_full(bars, spec, predictions, signals=signals).trades
+    return run_nautilus_full(bars, spec, predictions, signals=signals, mode=mode).trades
 
 
 def first_difference(
@@ -1067,8 +1140,9 @@ def paper_trading_node_config(
     is never stored in this config (which can be serialised and logged).
 
     ``strategies``: the ``ImportableStrategyConfig``\\ s to run. :class:`SpecStrategy` trades
-    precomputed signals and so cannot trade live; evaluating a spec's rules bar by bar is the
-    next step (module docstring). Raises :class:`~aiopt_lib.errors.ConfigError` for a missing
+    precomputed signals or, with a
+    :class:`~aiopt_lib.streaming.StreamingEvaluator`, evaluates the rules bar by bar (module
+    docstring). Raises :class:`~aiopt_lib.errors.ConfigError` for a missing
     or live account and missing gateway credentials.
     """
     env = os.environ if environ is None else environ

@@ -67,6 +67,7 @@ Parity with the engine (EUR/USD 2017 hourly sample, ``tests/test_pine_exec.py``)
 from __future__ import annotations
 
 import ast
+import contextlib
 import datetime as dt
 import math
 import re
@@ -355,6 +356,37 @@ def _folder(path: Path | None) -> Iterator[Path]:
         yield Path(temporary)
 
 
+def _without_pyne_import_hook() -> Any:
+    """Remove PyneCore's import hook from ``sys.meta_path`` and return it (None if absent).
+
+    Importing PyneCore installs a finder in front of Python's own that loads any module from its
+    ``.py`` file: a C extension with a pure-Python fallback imported later in the same process
+    (pyzmq's ``zmq.backend.cython._zmq``, so Jupyter and papermill) gets the fallback and fails.
+    The hook is put back only while a script runs (:func:`_pyne_import_hook`)."""
+    from pynecore.core import import_hook
+
+    found = None
+    for finder in list(sys.meta_path):
+        if isinstance(finder, import_hook.PyneImportHook):
+            sys.meta_path.remove(finder)
+            found = finder
+    return found
+
+
+@contextlib.contextmanager
+def _pyne_import_hook() -> Iterator[None]:
+    hook = _without_pyne_import_hook()
+    if hook is None:
+        from pynecore.core import import_hook
+
+        hook = import_hook.PyneImportHook()
+    sys.meta_path.insert(0, hook)
+    try:
+        yield
+    finally:
+        _without_pyne_import_hook()
+
+
 def run_pine(
     pine_text: str,
     bars: pl.DataFrame,
@@ -368,6 +400,7 @@ def run_pine(
     and the run's details (:class:`PineRun`). See :func:`run_pine_offline`."""
     from pynecore.core.script_runner import ScriptRunner, script_module_name
 
+    _without_pyne_import_hook()
     bars = ensure_bars(bars)
     timeframe = infer_timeframe(bars)
     if timeframe is None:
@@ -383,26 +416,27 @@ def run_pine(
         write_text_atomic(script_path, python)
         started = time.perf_counter()
         closed: list[Any] = []
-        try:
-            runner = ScriptRunner(
-                script_path,
-                feed,
-                syminfo,
-                inputs=dict(inputs) if inputs else None,
-                lossless_prices=True,  # float64 prices straight from the frame: nothing to clean
-                lossless_volume=True,
-            )
-            # the runner yields (bar, plots, trades closed on that bar) for a strategy
-            for item in runner.run_iter(copy_results=False):
-                if len(item) == 3:
-                    closed.extend(item[2])
-        except Exception as exc:  # PyneCore's runtime errors carry no common base class
-            raise PineExecError(
-                f"PyneCore could not run the script: {type(exc).__name__}: {exc}"
-            ) from exc
-        finally:
-            # each run imports the script afresh under its path's digest: drop the module
-            sys.modules.pop(script_module_name(script_path), None)
+        with _pyne_import_hook():
+            try:
+                runner = ScriptRunner(
+                    script_path,
+                    feed,
+                    syminfo,
+                    inputs=dict(inputs) if inputs else None,
+                    lossless_prices=True,  # float64 prices straight from the frame: nothing to clean
+                    lossless_volume=True,
+                )
+                # the runner yields (bar, plots, trades closed on that bar) for a strategy
+                for item in runner.run_iter(copy_results=False):
+                    if len(item) == 3:
+                        closed.extend(item[2])
+            except Exception as exc:  # PyneCore's runtime errors carry no common base class
+                raise PineExecError(
+                    f"PyneCore could not run the script: {type(exc).__name__}: {exc}"
+                ) from exc
+            finally:
+                # each run imports the script afresh under its path's digest: drop the module
+                sys.modules.pop(script_module_name(script_path), None)
         run_seconds = time.perf_counter() - started
     trades = _trades_frame(closed, pine_text)
     return PineRun(trades, python, tick, transpile_seconds, run_seconds, workdir)

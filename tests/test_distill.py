@@ -177,6 +177,9 @@ def test_the_distilled_gate_exports_to_valid_pine(mixed, version):
     for declaration in model.pine_declarations():
         assert declaration.line() in text
     assert text.index("distill_ema_distance =") < text.index("float ai_buy =")
+    # the header reports the fidelity, overall and per class
+    assert f"fidelity {model.fidelity:.3f}" in text
+    assert "// " + "  BUY: recall" in text
     # the expressions alone read variables pine.py does not declare: why distilled_pine hoists them
     with pytest.raises(PineExportError, match="undeclared"):
         spec_to_pine(spec, version=version, ai_rules=model.pine_expressions())

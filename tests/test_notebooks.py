@@ -17,10 +17,12 @@ import polars as pl
 import pytest
 
 from aiopt_lib.bars import check_bars
+from aiopt_lib.browser import check_page, ensure_chromium, expected_charts
 from aiopt_lib.search import load_ranking
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+NOTEBOOK_NAMES = tuple(p.stem for p in NOTEBOOKS)
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
@@ -143,6 +145,15 @@ def test_default_run_writes_offline_report(tmp_path):
     parity = json.loads((run_dir / "strategies" / "parity.json").read_text())
     assert {row["file"] for row in parity} == set(published)
     assert all(row["parity"] in index for row in parity)
+    # every report in a real browser: no console errors, every chart rendered
+    if ensure_chromium(timeout=300) is not None:
+        for name in (*(step for step in NOTEBOOK_NAMES), "index"):
+            page = report_dir / f"{name}.html"
+            shot = tmp_path / "screenshots" / f"{name}.png"
+            check = check_page(page, screenshot=shot)
+            expected = expected_charts(name) if name != "index" else None
+            assert check.problems(expected) == [], name
+            assert shot.stat().st_size > 0
     executed = nbformat.read(run_dir / "01_data_exploration.ipynb", as_version=4)
     injected = [c for c in executed.cells if "injected-parameters" in c.metadata.get("tags", [])]
     assert injected and "run_dir" in injected[0].source

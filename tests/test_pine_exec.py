@@ -313,3 +313,17 @@ def test_twenty_random_specs_per_template_trade_identically(bars, name):
         assert report.identical, (params, report.first_difference)
         traded += report.total_ours > 0
     assert traded >= 15  # the comparison is not vacuous
+
+
+def test_running_pine_leaves_the_import_system_as_it_was(bars):
+    """PyneCore's import hook loads any module from its .py file; left in sys.meta_path it makes
+    a later `import zmq` (Jupyter, papermill) load pyzmq's pure-Python fallback and fail."""
+    import importlib
+    import sys
+
+    run_pine_offline(spec_to_pine(PLAIN, version=6), bars.head(300))
+    assert not any(type(f).__name__ == "PyneImportHook" for f in sys.meta_path)
+    for name in [m for m in sys.modules if m == "zmq" or m.startswith("zmq.")]:
+        sys.modules.pop(name)
+    zmq = importlib.import_module("zmq")
+    assert zmq.backend.cython._zmq.__file__.endswith(".so")
