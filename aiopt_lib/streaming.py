@@ -44,11 +44,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import numba
+import numpy as np
 import polars as pl
 
 from aiopt_lib import patterns as pat
 from aiopt_lib.errors import ConfigError
-from aiopt_lib.indicators import PINE_EPSILON
+from aiopt_lib.indicators import PINE_EPSILON, _tv_sum_add
 from aiopt_lib.strategy import (
     INDICATORS,
     RULES,
@@ -94,58 +95,35 @@ def _blend(prev: float, keep: float, x: float, alpha: float) -> float:
 
 
 class _TvSum:
-    """TradingView's rolling ``math.sum`` machine: a literal port of
-    :func:`aiopt_lib.indicators._tv_sum_add` (see its docstring); ``add`` returns the new total."""
+    """TradingView's rolling ``math.sum`` machine, one value at a time: the kernels' own
+    :func:`aiopt_lib.indicators._tv_sum_add` (called from Python) on this object's state, so the
+    streamed sums are the batch ones by construction; ``add`` returns the new total."""
 
     __slots__ = ("comp", "entries", "length", "slot", "stored", "total", "window")
 
     def __init__(self, length: int) -> None:
         self.length = length
-        self.entries = [0.0] * length
-        self.window = [0.0] * length
+        self.entries = np.zeros(length)
+        self.window = np.zeros(length)
         self.slot = 0
         self.stored = 0
         self.total = 0.0
         self.comp = 0.0
 
     def add(self, value: float) -> float:
-        length, slot, stored = self.length, self.slot, self.stored
-        total, comp = self.total, self.comp
-        entries, window = self.entries, self.window
-        fires = False
-        if comp != 0.0 and value != 0.0:
-            magnitude = abs(comp)
-            shifted = value + magnitude
-            if shifted != 0.0 and shifted - shifted == 0.0:
-                fires = magnitude - (shifted - value) > 0.0
-        if fires:
-            total = value
-            j = slot
-            for _ in range(1, min(stored + 1, length)):
-                j = j - 1 if j > 0 else length - 1
-                total = total + window[j]
-            comp = 0.0
-            entries[slot] = value
-        elif stored < length:
-            y = value - comp
-            t = total + y
-            comp = (t - total) - y
-            total = t
-            entries[slot] = y
-        else:
-            y1 = -entries[slot] - comp
-            t = total + y1
-            e1 = (t - total) - y1
-            y2 = value - e1
-            new_total = t + y2
-            comp = (new_total - t) - y2
-            total = new_total
-            entries[slot] = y2
-        window[slot] = value
-        self.total, self.comp = total, comp
-        self.stored = stored + 1
-        self.slot = slot + 1 if slot + 1 < length else 0
-        return total
+        self.total, self.comp = _tv_sum_add(
+            value,
+            self.length,
+            self.total,
+            self.comp,
+            self.entries,
+            self.window,
+            self.slot,
+            self.stored,
+        )
+        self.stored += 1
+        self.slot = self.slot + 1 if self.slot + 1 < self.length else 0
+        return self.total
 
 
 class _Sma:
