@@ -216,6 +216,26 @@ def _close_trade(trades, ntr, pos, entry_i, t, entry_px, px, entry_cost, reason,
 
 
 @njit(cache=True)
+def _open_position(side, raw_price, stop_distance, take_distance, tick, slip, costs):
+    """A fill opening ``side`` at ``raw_price``: ``(entry price, entry commission, stop level,
+    take level)``; levels from the fill ± the signal bar's distances, on the tick (NaN: none)."""
+    qty, comm_unit, comm_frac = costs
+    entry_px = _to_tick(raw_price, tick) + side * slip
+    entry_cost = comm_unit * qty + comm_frac * entry_px * qty
+    stop = (
+        _to_tick(entry_px - side * stop_distance, tick)
+        if not math.isnan(stop_distance)
+        else math.nan
+    )
+    take = (
+        _to_tick(entry_px + side * take_distance, tick)
+        if not math.isnan(take_distance)
+        else math.nan
+    )
+    return entry_px, entry_cost, stop, take
+
+
+@njit(cache=True)
 def _walk_bar(side, o, h, lo, c, stop_level, take_level, trail_distance, best, tick, slip):
     """Walk one bar's intrabar path for an open position; ``(fill, reason, best)``.
 
@@ -302,13 +322,10 @@ def _simulate(
                 if pending != 0:
                     pos = pending
                     raw = buy_o[t] if pos == 1 else sell_o[t]
-                    entry_px = _to_tick(raw, tick) + pos * slip
+                    entry_px, entry_cost, stop_lvl, take_lvl = _open_position(
+                        pos, raw, stop_d[pend_bar], take_d[pend_bar], tick, slip, costs
+                    )
                     entry_i = t
-                    entry_cost = comm_unit * qty + comm_frac * entry_px * qty
-                    d = stop_d[pend_bar]
-                    stop_lvl = _to_tick(entry_px - pos * d, tick) if not math.isnan(d) else math.nan
-                    d = take_d[pend_bar]
-                    take_lvl = _to_tick(entry_px + pos * d, tick) if not math.isnan(d) else math.nan
                     trail = trail_d[pend_bar]
                     best = entry_px
         # 2. protective exits inside the bar
@@ -386,17 +403,10 @@ def _simulate(
                     if target != 0:
                         pos = target
                         raw = buy_c[t] if pos == 1 else sell_c[t]
-                        entry_px = _to_tick(raw, tick) + pos * slip
+                        entry_px, entry_cost, stop_lvl, take_lvl = _open_position(
+                            pos, raw, stop_d[t], take_d[t], tick, slip, costs
+                        )
                         entry_i = t
-                        entry_cost = comm_unit * qty + comm_frac * entry_px * qty
-                        d = stop_d[t]
-                        stop_lvl = (
-                            _to_tick(entry_px - pos * d, tick) if not math.isnan(d) else math.nan
-                        )
-                        d = take_d[t]
-                        take_lvl = (
-                            _to_tick(entry_px + pos * d, tick) if not math.isnan(d) else math.nan
-                        )
                         trail = trail_d[t]
                         best = entry_px
             elif target != pos:
