@@ -2,9 +2,9 @@ import json
 import re
 from pathlib import Path
 
-import nbformat
 import polars as pl
 import pytest
+from notebook_helpers import write_notebook
 
 from aiopt_lib.batch import (
     batch_run_id,
@@ -201,28 +201,14 @@ print(f"{label} done")
 """
 
 
-def write_notebook(path: Path) -> Path:
-    nb = nbformat.v4.new_notebook()
-    params = nbformat.v4.new_code_cell(TINY_PARAMETERS)
-    params.metadata["tags"] = ["parameters"]
-    nb.cells = [
-        params,
-        nbformat.v4.new_code_cell(TINY_BARRIER),
-        nbformat.v4.new_code_cell(TINY_WORK),
-    ]
-    nb.metadata["kernelspec"] = {
-        "name": "python3",
-        "display_name": "Python 3",
-        "language": "python",
-    }
-    nbformat.write(nb, path)
-    return path
+def write_tiny_notebook(path: Path) -> Path:
+    return write_notebook(path, [TINY_BARRIER, TINY_WORK], TINY_PARAMETERS)
 
 
 def test_parallel_batch_with_a_failing_run(tmp_path):
     studies = tmp_path / "studies"
     studies.mkdir()
-    write_notebook(studies / "tiny.ipynb")
+    write_tiny_notebook(studies / "tiny.ipynb")
     barrier = tmp_path / "barrier"
     barrier.mkdir()
     (studies / "base.yaml").write_text(

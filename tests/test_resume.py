@@ -9,10 +9,10 @@ import sys
 import time
 from pathlib import Path
 
-import nbformat
 import polars as pl
 import psutil
 import pytest
+from notebook_helpers import write_config, write_notebook
 
 from aiopt_lib.runner import (
     SKIPPED_MESSAGE,
@@ -23,26 +23,6 @@ from aiopt_lib.runner import (
     stage_key,
 )
 from aiopt_lib.streams import Streams
-
-
-def write_notebook(path: Path, cells: list[str], parameters: str) -> Path:
-    nb = nbformat.v4.new_notebook()
-    params = nbformat.v4.new_code_cell(parameters)
-    params.metadata["tags"] = ["parameters"]
-    nb.cells = [params] + [nbformat.v4.new_code_cell(c) for c in cells]
-    nb.metadata["kernelspec"] = {
-        "name": "python3",
-        "display_name": "Python 3",
-        "language": "python",
-    }
-    nbformat.write(nb, path)
-    return path
-
-
-def write_config(path: Path, text: str) -> Path:
-    path.write_text(text, encoding="utf-8")
-    return path
-
 
 # stage a: a random token (so a recomputation is visible) + bars.parquet + ranking.json
 STAGE_A = [

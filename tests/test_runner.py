@@ -4,6 +4,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
+from notebook_helpers import write_config, write_notebook
 
 from aiopt_lib.errors import ConfigError
 from aiopt_lib.runner import (
@@ -17,25 +18,6 @@ from aiopt_lib.runner import (
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = ROOT / "papermill_runs" / "default.yaml"
-
-
-def write_notebook(path: Path, cells: list[str], parameters: str) -> Path:
-    nb = nbformat.v4.new_notebook()
-    params = nbformat.v4.new_code_cell(parameters)
-    params.metadata["tags"] = ["parameters"]
-    nb.cells = [params] + [nbformat.v4.new_code_cell(c) for c in cells]
-    nb.metadata["kernelspec"] = {
-        "name": "python3",
-        "display_name": "Python 3",
-        "language": "python",
-    }
-    nbformat.write(nb, path)
-    return path
-
-
-def write_config(path: Path, text: str) -> Path:
-    path.write_text(text, encoding="utf-8")
-    return path
 
 
 def test_default_config_resolves():
