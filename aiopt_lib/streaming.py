@@ -40,8 +40,7 @@ import math
 import numbers
 from collections import deque
 from collections.abc import Callable, Mapping, MutableMapping
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numba
 import numpy as np
@@ -76,6 +75,7 @@ __all__ = [
     "BarSignals",
     "StreamingEvaluator",
     "StreamingIndicator",
+    "predictions_by_time",
     "streaming_indicator",
 ]
 
@@ -558,11 +558,11 @@ class _PatternState:
 # The evaluator
 
 
-@dataclass(frozen=True)
-class BarSignals:
+class BarSignals(NamedTuple):
     """The spec's signals on one bar (at its close): the four rules, and the stop-loss,
     take-profit and trailing-stop distances in price units (NaN where the spec has none or
-    during the ATR warm-up), as :func:`~aiopt_lib.strategy.compile_signals` gives them."""
+    during the ATR warm-up), as :func:`~aiopt_lib.strategy.compile_signals` gives them. A named
+    tuple: one is made per bar, and a tuple is the cheapest immutable record to make."""
 
     long_entry: bool
     long_exit: bool
@@ -586,9 +586,12 @@ def _ts_ns(ts: Any) -> int:
     raise TypeError(f"ts must be a datetime or int nanoseconds, got {type(ts).__name__}")
 
 
-def _predictions_map(
+def predictions_by_time(
     predictions: pl.DataFrame | MutableMapping[int, Mapping[str, float]] | None, columns: set[str]
 ) -> MutableMapping[int, Mapping[str, float]] | None:
+    """A predictions frame (``ts`` and the ``columns``) as ``{bar open time ns: {column:
+    probability}}`` (a later row for the same bar wins, as ``compile_signals`` keeps the last); a
+    mapping or None is returned as it is."""
     if predictions is None or not isinstance(predictions, pl.DataFrame):
         return predictions
     missing = [c for c in ("ts", *sorted(columns)) if c not in predictions.columns]
@@ -647,12 +650,8 @@ class StreamingEvaluator:
         roots = [t for t in trees.values() if t is not None] + extra
         for root in roots:
             self._post_order(root, seen)
-        self._values: dict[Node, Any] = {}
         self._indicators: dict[tuple[str, tuple[float, ...]], StreamingIndicator] = {}
-        self._outputs: dict[tuple[str, tuple[float, ...]], tuple[float, ...]] = {}
         self._patterns: dict[str, _PatternState] = {}
-        self._shifts: dict[Node, deque[Any]] = {}
-        self._crosses: dict[Node, list[float]] = {}
         ai_columns: set[str] = set()
         for node in self._order:
             if isinstance(node, Indicator):
@@ -661,19 +660,36 @@ class StreamingEvaluator:
                     self._indicators[key] = streaming_indicator(key[0], key[1])
             elif isinstance(node, PatternRef):
                 self._patterns.setdefault(node.name, _PatternState(pat.PATTERNS[node.name]))
-            elif isinstance(node, Shift):
-                fill = False if node.operand.is_bool else _NAN
-                self._shifts[node] = deque([fill] * (node.bars + 1), maxlen=node.bars + 1)
-            elif isinstance(node, Cross):
-                self._crosses[node] = [_NAN, _NAN]  # the last bar where both sides were defined
             elif isinstance(node, AiProbability):
                 ai_columns.add(f"prob_{node.label.lower()}")
         if ai_columns and predictions is None:
             raise ConfigError(
                 f"the rules use {sorted(ai_columns)} but no model predictions were given"
             )
-        self._predictions = _predictions_map(predictions, ai_columns)
+        self._predictions = predictions_by_time(predictions, ai_columns)
         self.bars_seen = 0
+        # Per bar, the nodes are evaluated by closures over integer slots of one list (compiled
+        # once below): no node is hashed or dispatched on its type while the bars stream.
+        self._slot = {node: i for i, node in enumerate(self._order)}
+        self._v: list[Any] = [None] * len(self._order)
+        self._prices = [_NAN] * len(_PRICE_FIELDS)
+        self._indicator_keys = list(self._indicators)
+        self._indicator_list = list(self._indicators.values())
+        self._outputs: list[tuple[float, ...]] = [()] * len(self._indicator_list)
+        self._pattern_list = list(self._patterns.values())
+        self._prediction: list[Mapping[str, float] | None] = [None]
+        self._steps: list[Callable[[], None]] = []
+        for node in self._order:
+            step = self._compile(node)
+            if step is not None:
+                self._steps.append(step)
+        self._rule_slots = [
+            None if tree is None else self._slot[tree] for tree in self._rules.values()
+        ]
+        self._distance_steps = [
+            (RULE_DISTANCES.index(key), unit, amount, None if atr is None else self._slot[atr])
+            for key, (unit, amount, atr) in self._distances.items()
+        ]
 
     def _post_order(self, node: Node, seen: set[Node]) -> None:
         if node in seen:
@@ -693,12 +709,12 @@ class StreamingEvaluator:
 
     def value(self, node: Node) -> Any:
         """The value of ``node`` (a node of one of the spec's rules) on the last bar."""
-        return self._values[node]
+        return self._v[self._slot[node]]
 
     def indicator_value(self, name: str, args: tuple[float, ...]) -> float:
         """The last value of indicator ``name`` with ``args`` (one the spec's rules use)."""
         key = (INDICATORS[name].group, tuple(float(a) for a in args))
-        return self._outputs[key][INDICATORS[name].output]
+        return self._outputs[self._indicator_keys.index(key)][INDICATORS[name].output]
 
     def update(
         self, open: float, high: float, low: float, close: float, volume: float, ts: Any
@@ -707,120 +723,194 @@ class StreamingEvaluator:
         return its signals, computed from this bar and the bars given before it."""
         o, h, lo, c = float(open), float(high), float(low), float(close)
         self.bars_seen += 1
-        for key, indicator in self._indicators.items():
-            self._outputs[key] = indicator.update(h, lo, c)
-        for state in self._patterns.values():
+        outputs = self._outputs
+        for j, indicator in enumerate(self._indicator_list):
+            outputs[j] = indicator.update(h, lo, c)
+        for state in self._pattern_list:
             state.update(o, h, lo, c)
-        prediction: Mapping[str, float] | None = None
         if self._predictions is not None:
-            prediction = self._predictions.get(_ts_ns(ts))
-        prices = {
-            "open": o,
-            "high": h,
-            "low": lo,
-            "close": c,
-            "volume": float(volume),
-            "hl2": (h + lo) / 2.0,
-            "hlc3": (h + lo + c) / 3.0,
-            "ohlc4": (o + h + lo + c) / 4.0,
-        }
-        values = self._values
-        params = self.spec.params
-        for node in self._order:
-            values[node] = self._evaluate(node, values, prices, params, prediction)
-        rules = {
-            name: bool(values[t]) if t is not None else False for name, t in self._rules.items()
-        }
-        distances = {key: _NAN for key in ("stop", "take", "trail")}
-        for key, (unit, amount, atr) in self._distances.items():
+            self._prediction[0] = self._predictions.get(_ts_ns(ts))
+        prices = self._prices  # the order of _PRICE_FIELDS
+        prices[0], prices[1], prices[2], prices[3] = o, h, lo, c
+        prices[4] = float(volume)
+        prices[5] = (h + lo) / 2.0
+        prices[6] = (h + lo + c) / 3.0
+        prices[7] = (o + h + lo + c) / 4.0
+        for step in self._steps:
+            step()
+        v = self._v
+        rules = [False if i is None else bool(v[i]) for i in self._rule_slots]
+        distances = [_NAN, _NAN, _NAN]
+        for k, unit, amount, atr in self._distance_steps:
             if unit == "pips":
-                distances[key] = amount * self.spec.instrument_pip_size
+                distances[k] = amount * self.spec.instrument_pip_size
             elif unit == "percent":
-                distances[key] = c * (amount / 100.0)
+                distances[k] = c * (amount / 100.0)
             else:
-                distances[key] = values[atr] * amount
-        return BarSignals(
-            long_entry=rules["long_entry"],
-            long_exit=rules["long_exit"],
-            short_entry=rules["short_entry"],
-            short_exit=rules["short_exit"],
-            stop_distance=distances["stop"],
-            take_distance=distances["take"],
-            trail_distance=distances["trail"],
-        )
+                distances[k] = v[atr] * amount
+        return BarSignals(*rules, *distances)
 
-    def _evaluate(
-        self,
-        node: Node,
-        values: dict[Node, Any],
-        prices: dict[str, float],
-        params: Mapping[str, float],
-        prediction: Mapping[str, float] | None,
-    ) -> Any:
-        if isinstance(node, Const):
-            return node.value
-        if isinstance(node, BoolConst):
-            return node.value
+    def _compile(self, node: Node) -> Callable[[], None] | None:
+        """The step that writes ``node``'s value on each bar into its slot (children are
+        evaluated before it: :attr:`_order`); None for constants, whose slot is set once."""
+        v, i, slot = self._v, self._slot[node], self._slot
+        if isinstance(node, (Const, BoolConst)):
+            v[i] = node.value
+            return None
         if isinstance(node, Param):
-            return float(params[node.name])
+            v[i] = float(self.spec.params[node.name])
+            return None
         if isinstance(node, PriceField):
-            return prices[node.field]
+            prices, field = self._prices, _PRICE_FIELDS.index(node.field)
+
+            def price() -> None:
+                v[i] = prices[field]
+
+            return price
         if isinstance(node, Indicator):
-            return self._outputs[self._indicator_key(node)][INDICATORS[node.name].output]
+            outputs = self._outputs
+            j = self._indicator_keys.index(self._indicator_key(node))
+            out = INDICATORS[node.name].output
+
+            def indicator() -> None:
+                v[i] = outputs[j][out]
+
+            return indicator
         if isinstance(node, PatternRef):
-            return self._patterns[node.name].value
+            state = self._patterns[node.name]
+
+            def pattern() -> None:
+                v[i] = state.value
+
+            return pattern
         if isinstance(node, AiProbability):
-            if prediction is None:
-                return _NAN
-            value = prediction.get(f"prob_{node.label.lower()}")
-            return _NAN if value is None else float(value)
+            cell, column = self._prediction, f"prob_{node.label.lower()}"
+
+            def probability() -> None:
+                prediction = cell[0]
+                value = None if prediction is None else prediction.get(column)
+                v[i] = _NAN if value is None else float(value)
+
+            return probability
         if isinstance(node, Shift):
-            ring = self._shifts[node]
-            ring.append(values[node.operand])
-            return ring[0]
+            fill = False if node.operand.is_bool else _NAN
+            ring: deque[Any] = deque([fill] * (node.bars + 1), maxlen=node.bars + 1)
+            operand = slot[node.operand]
+
+            def shift() -> None:
+                ring.append(v[operand])
+                v[i] = ring[0]
+
+            return shift
         if isinstance(node, Negate):
-            return -values[node.operand]
+            operand = slot[node.operand]
+
+            def negate() -> None:
+                v[i] = -v[operand]
+
+            return negate
         if isinstance(node, Arith):
-            a, b = values[node.left], values[node.right]
-            if node.op == "+":
-                return a + b
-            if node.op == "-":
-                return a - b
-            if node.op == "*":
-                return a * b
-            if b == 0.0 or a != a or b != b:
-                return _NAN  # Pine: x / 0 is na
-            out = a / b
-            return out if math.isfinite(out) else _NAN
+            return _arith_step(v, i, slot[node.left], slot[node.right], node.op)
         if isinstance(node, Compare):
-            a, b = values[node.left], values[node.right]
-            op = node.op
-            if op == "<":
-                return a < b
-            if op == "<=":
-                return a <= b
-            if op == ">":
-                return a > b
-            if op == ">=":
-                return a >= b
-            if op == "==":
-                return a == b
-            return a == a and b == b and a != b  # na != x is False, as in the vectorised rules
+            return _compare_step(v, i, slot[node.left], slot[node.right], node.op)
         if isinstance(node, Cross):
-            a, b = values[node.left], values[node.right]
-            if a != a or b != b:
-                return False  # an undefined bar neither crosses nor resets the state
-            last = self._crosses[node]
-            before_a, before_b = last
-            last[0], last[1] = a, b
-            if before_a != before_a:
-                return False  # the first defined bar never crosses
-            if node.up:
-                return a > b and before_a <= before_b
-            return a < b and before_a >= before_b
+            return _cross_step(v, i, slot[node.left], slot[node.right], node.up)
         if isinstance(node, Logic):
-            operands = [values[o] for o in node.operands]
-            return all(operands) if node.op == "and" else any(operands)
+            operands = [slot[o] for o in node.operands]
+            if node.op == "and":
+
+                def all_of() -> None:
+                    v[i] = all([v[k] for k in operands])
+
+                return all_of
+
+            def any_of() -> None:
+                v[i] = any([v[k] for k in operands])
+
+            return any_of
         if isinstance(node, Not):
-            return not values[node.operand]
+            operand = slot[node.operand]
+
+            def negation() -> None:
+                v[i] = not v[operand]
+
+            return negation
         raise TypeError(f"cannot evaluate {type(node).__name__}")
+
+
+_PRICE_FIELDS = ("open", "high", "low", "close", "volume", "hl2", "hlc3", "ohlc4")
+RULE_DISTANCES = ("stop", "take", "trail")
+
+
+def _arith_step(v: list[Any], i: int, a: int, b: int, op: str) -> Callable[[], None]:
+    if op == "+":
+
+        def add() -> None:
+            v[i] = v[a] + v[b]
+
+        return add
+    if op == "-":
+
+        def sub() -> None:
+            v[i] = v[a] - v[b]
+
+        return sub
+    if op == "*":
+
+        def mul() -> None:
+            v[i] = v[a] * v[b]
+
+        return mul
+
+    def div() -> None:
+        x, y = v[a], v[b]
+        if y == 0.0 or x != x or y != y:
+            v[i] = _NAN  # Pine: x / 0 is na
+            return
+        out = x / y
+        v[i] = out if math.isfinite(out) else _NAN
+
+    return div
+
+
+_COMPARISONS: dict[str, Callable[[Any, Any], bool]] = {
+    "<": lambda x, y: x < y,
+    "<=": lambda x, y: x <= y,
+    ">": lambda x, y: x > y,
+    ">=": lambda x, y: x >= y,
+    "==": lambda x, y: x == y,
+    # na != x is False, as in the vectorised rules
+    "!=": lambda x, y: x == x and y == y and x != y,
+}
+
+
+def _compare_step(v: list[Any], i: int, a: int, b: int, op: str) -> Callable[[], None]:
+    compare = _COMPARISONS[op]
+
+    def step() -> None:
+        v[i] = compare(v[a], v[b])
+
+    return step
+
+
+def _cross_step(v: list[Any], i: int, a: int, b: int, up: bool) -> Callable[[], None]:
+    """TradingView's crossover (``up``) / crossunder: compared with the last bar where both
+    sides were defined; an undefined bar neither crosses nor resets the state, and the first
+    defined bar never crosses."""
+    last = [_NAN, _NAN]
+
+    def step() -> None:
+        x, y = v[a], v[b]
+        if x != x or y != y:
+            v[i] = False
+            return
+        before_x, before_y = last
+        last[0], last[1] = x, y
+        if before_x != before_x:
+            v[i] = False
+        elif up:
+            v[i] = x > y and before_x <= before_y
+        else:
+            v[i] = x < y and before_x >= before_y
+
+    return step

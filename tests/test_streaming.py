@@ -5,7 +5,6 @@ templates' compiled booleans identical and their distances equal, and no look-ah
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 
 import numpy as np
@@ -184,7 +183,7 @@ def test_no_lookahead_later_bars_do_not_change_earlier_signals(sample: pl.DataFr
 
 def as_matrix(signals: list[BarSignals]) -> np.ndarray:
     """One row of floats per bar (booleans as 0/1), NaN distances kept."""
-    return np.array([dataclasses.astuple(s) for s in signals], dtype=np.float64)
+    return np.array([tuple(s) for s in signals], dtype=np.float64)
 
 
 def test_ai_gate_reads_a_mapping_filled_as_predictions_arrive(sample: pl.DataFrame) -> None:
