@@ -44,7 +44,9 @@ Exits: the stop-loss (a ``STOP_MARKET``, or with a trailing stop one ``TRAILING_
 whose initial trigger is the tighter of the two levels and that only tightens, which is exactly
 our "tighter of stop and trail" rule) and the take-profit (``MARKET_IF_TOUCHED``) are submitted
 reduce-only when the entry fills, with levels from the actual entry fill ± the signal bar's
-distance rounded to the tick; when one fills the strategy cancels the other (an emulated OCO).
+distance rounded to the tick (TradingView's ``strategy.exit`` works from the fill price too), as
+one OCO order list: Nautilus' matching engine cancels the one left when the other fills. A
+Nautilus ``bracket`` would fix the levels before the entry fills, from an expected price.
 A position still open at the last bar is closed at market against the last close quote
 (``"end"``).
 
@@ -98,6 +100,7 @@ from nautilus_trader.config import (
 )
 from nautilus_trader.core.data import Data
 from nautilus_trader.core.datetime import unix_nanos_to_dt
+from nautilus_trader.core.uuid import UUID4
 from nautilus_trader.model.book import OrderBook
 from nautilus_trader.model.currencies import USD
 from nautilus_trader.model.custom import customdataclass
@@ -114,6 +117,7 @@ from nautilus_trader.model.enums import (
     AggregationSource,
     BarAggregation,
     BookType,
+    ContingencyType,
     OmsType,
     OrderSide,
     OrderType,
@@ -123,6 +127,12 @@ from nautilus_trader.model.enums import (
 )
 from nautilus_trader.model.identifiers import InstrumentId, Venue
 from nautilus_trader.model.objects import QUANTITY_MAX, Money, Price, Quantity
+from nautilus_trader.model.orders import (
+    MarketIfTouchedOrder,
+    OrderList,
+    StopMarketOrder,
+    TrailingStopMarketOrder,
+)
 from nautilus_trader.persistence.catalog import ParquetDataCatalog
 from nautilus_trader.test_kit.providers import TestInstrumentProvider
 from nautilus_trader.trading.strategy import Strategy
@@ -761,7 +771,8 @@ class SpecStrategy(Strategy):
         self._position = self.cache.position(event.position_id)
 
     def on_order_filled(self, event: Any) -> None:
-        """Entry fill: place the protective orders. Protective fill: cancel the others."""
+        """Entry fill: place the protective orders. Protective fill: the position is flat (the
+        venue cancels the other leg of an OCO pair)."""
         order_id = event.client_order_id.value
         t = self._entry_bar.pop(order_id, None)
         if t is not None:
@@ -769,62 +780,72 @@ class SpecStrategy(Strategy):
             return
         if any(o.client_order_id == event.client_order_id for o in self._protective):
             self._side = 0
-            self._cancel_protective()
+            self._protective = []
 
     def _protect(self, event: Any, t: int) -> None:
+        """The exit legs of the entry filled by ``event`` (signal bar ``t``), levels from the
+        fill price: the stop (or trailing stop) and the take-profit, reduce-only on the
+        position, as one OCO order list when both exist (a bracket's exit legs: Nautilus'
+        matching engine cancels the one left when the other fills)."""
         px = event.last_px.as_double()
         sign = 1 if event.order_side == OrderSide.BUY else -1
-        exit_side = OrderSide.SELL if sign == 1 else OrderSide.BUY
-        plan, tick, qty = self.plan, self.tick, self._quantity
+        plan, tick = self.plan, self.tick
         precision = event.last_px.precision
         stop_d, take_d, trail_d = plan.stop[t], plan.take[t], plan.trail[t]
         stop = float(_to_tick(px - sign * stop_d, tick)) if not math.isnan(stop_d) else math.nan
         if not (math.isnan(stop) or math.isnan(trail_d)):
             self.stop_levels[event.position_id.value] = stop
-        orders = []
+        legs: list[tuple[type, dict[str, Any]]] = []
         if not math.isnan(trail_d):
             offset = float(_to_tick(trail_d, tick))
             level = px - sign * offset
             if not math.isnan(stop) and sign * stop >= sign * level:
                 level = stop
-            orders.append(
-                self.order_factory.trailing_stop_market(
-                    self.instrument_id,
-                    exit_side,
-                    qty,
-                    trailing_offset=Decimal(f"{offset:.{precision}f}"),
-                    trailing_offset_type=TrailingOffsetType.PRICE,
-                    trigger_price=Price(level, precision),
-                    trigger_type=TriggerType.BID_ASK,
-                    reduce_only=True,
+            legs.append(
+                (
+                    TrailingStopMarketOrder,
+                    {
+                        "trigger_price": Price(level, precision),
+                        "trailing_offset": Decimal(f"{offset:.{precision}f}"),
+                        "trailing_offset_type": TrailingOffsetType.PRICE,
+                    },
                 )
             )
         elif not math.isnan(stop):
-            orders.append(
-                self.order_factory.stop_market(
-                    self.instrument_id,
-                    exit_side,
-                    qty,
-                    trigger_price=Price(stop, precision),
-                    trigger_type=TriggerType.BID_ASK,
-                    reduce_only=True,
-                )
-            )
+            legs.append((StopMarketOrder, {"trigger_price": Price(stop, precision)}))
         if not math.isnan(take_d):
             take = float(_to_tick(px + sign * take_d, tick))
-            orders.append(
-                self.order_factory.market_if_touched(
-                    self.instrument_id,
-                    exit_side,
-                    qty,
-                    trigger_price=Price(take, precision),
-                    trigger_type=TriggerType.BID_ASK,
-                    reduce_only=True,
-                )
+            legs.append((MarketIfTouchedOrder, {"trigger_price": Price(take, precision)}))
+        if not legs:
+            return
+        ids = [self.order_factory.generate_client_order_id() for _ in legs]
+        oco = len(legs) == 2
+        list_id = self.order_factory.generate_order_list_id() if oco else None
+        orders = [
+            kind(
+                trader_id=self.trader_id,
+                strategy_id=self.id,
+                instrument_id=self.instrument_id,
+                client_order_id=client_order_id,
+                order_side=OrderSide.SELL if sign == 1 else OrderSide.BUY,
+                quantity=self._quantity,
+                trigger_type=TriggerType.BID_ASK,
+                init_id=UUID4(),
+                ts_init=self.clock.timestamp_ns(),
+                reduce_only=True,
+                contingency_type=ContingencyType.OCO if oco else ContingencyType.NO_CONTINGENCY,
+                order_list_id=list_id,
+                linked_order_ids=[i for i in ids if i != client_order_id] if oco else None,
+                **fields,
             )
+            for (kind, fields), client_order_id in zip(legs, ids, strict=True)
+        ]
         for order in orders:
             self.reasons[order.client_order_id.value] = _protective_reason(order)
-            self.submit_order(order, position_id=event.position_id)
+        if oco:
+            self.submit_order_list(OrderList(list_id, orders), position_id=event.position_id)
+        else:
+            self.submit_order(orders[0], position_id=event.position_id)
         self._protective = orders
 
 

@@ -13,6 +13,7 @@ import pandas as pd
 import polars as pl
 import pytest
 from nautilus_trader.analysis.analyzer import PortfolioAnalyzer
+from nautilus_trader.model.enums import ContingencyType
 
 from aiopt_lib.errors import ConfigError
 from aiopt_lib.nautilus import (
@@ -221,5 +222,34 @@ def test_prediction_actor_publishes_one_prediction_per_predicted_bar(bars) -> No
         assert (first.prob_buy, first.prob_sell) == (0.7, 0.2)
         assert math.isnan(first.prob_hold)  # a column the model did not give
         assert first.ts_event == data.close_ns[0]  # published when its bar closed
+    finally:
+        engine.dispose()
+
+
+def test_stop_and_take_are_one_oco_pair_cancelled_by_the_venue(bars, spec) -> None:
+    """The exit legs of each entry (trailing stop and take-profit here) are one OCO order list
+    linked in Nautilus: when one fills the matching engine cancels the other; a signal exit
+    cancels both. Never two exits for one position."""
+    engine, data = build_engine(bars, spec)
+    try:
+        plan = SignalPlan.from_signals(compile_signals(spec, bars), spec.direction)
+        config = SpecStrategyConfig(bar_type=data.bar_type, quantity=spec.quantity)
+        engine.add_strategy(SpecStrategy(config, plan, data, spec.instrument_tick_size))
+        engine.run()
+        pairs: dict[str, list] = {}
+        for order in engine.cache.orders():
+            if order.contingency_type == ContingencyType.OCO:
+                pairs.setdefault(order.order_list_id.value, []).append(order)
+        assert len(pairs) == len(engine.cache.positions())
+        outcomes = set()
+        for legs in pairs.values():
+            assert len(legs) == 2
+            a, b = legs
+            assert a.linked_order_ids == [b.client_order_id]
+            assert b.linked_order_ids == [a.client_order_id]
+            statuses = sorted(o.status_string() for o in legs)
+            assert statuses in (["CANCELED", "FILLED"], ["CANCELED", "CANCELED"]), statuses
+            outcomes.add(tuple(statuses))
+        assert outcomes == {("CANCELED", "FILLED"), ("CANCELED", "CANCELED")}
     finally:
         engine.dispose()
