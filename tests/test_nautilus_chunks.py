@@ -7,6 +7,9 @@ published by an Actor as custom data."""
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -63,6 +66,21 @@ def spec() -> StrategySpec:
 @pytest.fixture(scope="module")
 def whole(bars: pl.DataFrame, spec: StrategySpec) -> NautilusRun:
     return run_nautilus_full(bars, spec, chunk_bars=None)
+
+
+@contextmanager
+def finished_engine(bars: pl.DataFrame, spec: StrategySpec) -> Iterator[tuple[Any, Any]]:
+    """``(engine, data)`` after one whole run of ``spec``'s precomputed signals (all the data at
+    once, nothing purged), disposed afterwards."""
+    engine, data = build_engine(bars, spec)
+    try:
+        plan = SignalPlan.from_signals(compile_signals(spec, bars), spec.direction)
+        config = SpecStrategyConfig(bar_type=data.bar_type, quantity=spec.quantity)
+        engine.add_strategy(SpecStrategy(config, plan, data, spec.instrument_tick_size))
+        engine.run()
+        yield engine, data
+    finally:
+        engine.dispose()
 
 
 def sorted_frame(frame: pl.DataFrame) -> pl.DataFrame:
@@ -131,12 +149,7 @@ def test_chunk_size_must_be_positive(bars, spec) -> None:
 
 
 def test_one_pass_analyzer_equals_nautilus_own(bars, spec) -> None:
-    engine, data = build_engine(bars, spec)
-    try:
-        plan = SignalPlan.from_signals(compile_signals(spec, bars), spec.direction)
-        config = SpecStrategyConfig(bar_type=data.bar_type, quantity=spec.quantity)
-        engine.add_strategy(SpecStrategy(config, plan, data, spec.instrument_tick_size))
-        engine.run()
+    with finished_engine(bars, spec) as (engine, data):
         positions = engine.cache.positions()
         assert len(positions) > 30
         account = engine.cache.account_for_venue(VENUE)
@@ -161,8 +174,6 @@ def test_one_pass_analyzer_equals_nautilus_own(bars, spec) -> None:
         a = ours.get_performance_stats_pnls(currency)
         b = theirs.get_performance_stats_pnls(currency)
         assert same_statistics(a, b)
-    finally:
-        engine.dispose()
 
 
 def test_bar_by_bar_rules_read_our_fractional_volumes(bars) -> None:
@@ -230,12 +241,7 @@ def test_stop_and_take_are_one_oco_pair_cancelled_by_the_venue(bars, spec) -> No
     """The exit legs of each entry (trailing stop and take-profit here) are one OCO order list
     linked in Nautilus: when one fills the matching engine cancels the other; a signal exit
     cancels both. Never two exits for one position."""
-    engine, data = build_engine(bars, spec)
-    try:
-        plan = SignalPlan.from_signals(compile_signals(spec, bars), spec.direction)
-        config = SpecStrategyConfig(bar_type=data.bar_type, quantity=spec.quantity)
-        engine.add_strategy(SpecStrategy(config, plan, data, spec.instrument_tick_size))
-        engine.run()
+    with finished_engine(bars, spec) as (engine, _data):
         pairs: dict[str, list] = {}
         for order in engine.cache.orders():
             if order.contingency_type == ContingencyType.OCO:
@@ -251,5 +257,3 @@ def test_stop_and_take_are_one_oco_pair_cancelled_by_the_venue(bars, spec) -> No
             assert statuses in (["CANCELED", "FILLED"], ["CANCELED", "CANCELED"]), statuses
             outcomes.add(tuple(statuses))
         assert outcomes == {("CANCELED", "FILLED"), ("CANCELED", "CANCELED")}
-    finally:
-        engine.dispose()
