@@ -137,6 +137,10 @@ def test_default_run_writes_offline_report(tmp_path):
     page05 = (report_dir / "05_backtest.html").read_text(encoding="utf-8")
     assert "Traceback" not in page05
     assert "strategies trade identically in both engines" in page05
+    # the AI gate evaluated bar by bar in Nautilus, predictions published by the PredictionActor
+    assert re.search(
+        r"AI gate through the PredictionActor: [1-9]\d* trades, identical to our engine", page05
+    )
     assert page05.count('class="aiopt-vega"') == 1  # the tearsheet
     assert page05.count("trades equal") == len(ranking) + 1  # every Pine file trades the same
     assert "first difference at trade" not in page05
