@@ -28,8 +28,9 @@ How our bars become Nautilus data (converted once, in :func:`build_engine`)
   open quote.
 * **Fills at the next open.** At bar ``t``'s close the strategy cancels the protective orders it
   is replacing and sets a time alert 1 µs after bar ``t + 1``'s open quote; the market orders are
-  sent then and fill against that quote (weekend gaps included). ``fill="close"`` is not supported
-  yet.
+  sent then and fill against that quote (weekend gaps included). With the spec's
+  ``fill="close"`` (TradingView's ``process_orders_on_close``) they are sent at once and fill
+  against bar ``t``'s close quote, the current one.
 
 Fill prices (:class:`SpecFillModel`, Nautilus' ``FillModel.get_orderbook_for_fill_simulation``
 hook): market orders fill at the quote's ask (buy) / bid (sell) moved ``slippage_ticks`` against
@@ -329,8 +330,6 @@ class _RawData:
 
 def _convert_arrays(bars: pl.DataFrame, spec: StrategySpec) -> _RawData:
     """Our bars as Nautilus data arrays (module docstring)."""
-    if spec.fill != "next_open":
-        raise ConfigError("the Nautilus confirmation supports fill='next_open' only (for now)")
     bars = ensure_bars(bars)
     if bars.height < 2:
         raise ConfigError("need at least two bars")
@@ -628,10 +627,13 @@ class PredictionActor(Actor):
 
 
 class SpecStrategyConfig(StrategyConfig, frozen=True):
-    """Nautilus config of :class:`SpecStrategy`: the bar type and the order quantity."""
+    """Nautilus config of :class:`SpecStrategy`: the bar type, the order quantity and whether
+    market orders fill at the signal bar's close (the spec's ``fill="close"``, TradingView's
+    ``process_orders_on_close``) instead of the next bar's open."""
 
     bar_type: BarType
     quantity: float = 100_000.0
+    fill_at_close: bool = False
 
 
 class SpecStrategy(Strategy):
@@ -649,9 +651,11 @@ class SpecStrategy(Strategy):
     otherwise the target position follows our engine's rules (flat: an entry opens; in a
     position: an opposite entry reverses, else the side's exit closes; same-side entries are
     ignored). A change cancels the protective orders now and sends the market orders 1 µs after
-    bar ``t + 1``'s open quote (close first, then the new entry). On the entry fill the stop /
+    bar ``t + 1``'s open quote (close first, then the new entry), or at once with
+    ``fill_at_close`` (they fill at bar ``t``'s close quote). On the entry fill the stop /
     trailing stop and the take-profit are placed from the fill price (module docstring).
-    ``reasons`` maps each closing order's client id to our exit reason.
+    ``reasons`` maps each closing order's client id to our exit reason, ``fill_bars`` each
+    market order's to the bar it fills in.
     """
 
     def __init__(
@@ -681,6 +685,9 @@ class SpecStrategy(Strategy):
         self.instrument_id = config.bar_type.instrument_id
         self.last = len(data.close_ns) - 1
         self.reasons: dict[str, str] = {}
+        # market order id -> the bar it fills in: a close fill happens at the bar's close time,
+        # which is also the next bar's open time, so the time alone cannot tell the bar
+        self.fill_bars: dict[str, int] = {}
         self.stop_levels: dict[str, float] = {}  # position id -> stop-loss level (with a trail)
         self._entry_bar: dict[str, int] = {}  # entry order id -> signal bar
         self._protective: list[Any] = []
@@ -725,7 +732,7 @@ class SpecStrategy(Strategy):
         if t == self.last:
             if pos != 0:
                 self._cancel_protective()
-                self._close("end")
+                self._close("end", t)
             return
         if pos == 1:
             target = -1 if plan.want_short[t] else (0 if plan.exit_long[t] else 1)
@@ -736,27 +743,34 @@ class SpecStrategy(Strategy):
         if target == pos:
             return
         self._cancel_protective()
+        if self.config.fill_at_close:
+            self._act(t, target)  # against bar t's close quote, the current one
+            return
         alert_ns = int(self.open_ns[t + 1]) + _ALERT_DELAY_NS
         self.clock.set_time_alert_ns(
             f"fill-{t}", alert_ns, lambda _event, t=t, target=target: self._act(t, target)
         )
 
     def _act(self, t: int, target: int) -> None:
+        """Send the market orders of signal bar ``t`` (close first, then the new entry)."""
+        fill_bar = t if self.config.fill_at_close else t + 1
         if self._side != 0 and self._side != target:
-            self._close("reverse" if target != 0 else "signal")
+            self._close("reverse" if target != 0 else "signal", fill_bar)
         if target != 0 and self._side == 0:
             side = OrderSide.BUY if target == 1 else OrderSide.SELL
             order = self.order_factory.market(self.instrument_id, side, self._quantity)
             self._entry_bar[order.client_order_id.value] = t
+            self.fill_bars[order.client_order_id.value] = fill_bar
             self._side = target  # reserved; the fill opens the position
             self.submit_order(order)
 
-    def _close(self, reason: str) -> None:
+    def _close(self, reason: str, fill_bar: int) -> None:
         side = OrderSide.SELL if self._side == 1 else OrderSide.BUY
         order = self.order_factory.market(
             self.instrument_id, side, self._quantity, reduce_only=True
         )
         self.reasons[order.client_order_id.value] = reason
+        self.fill_bars[order.client_order_id.value] = fill_bar
         self._side = 0
         self.submit_order(order, position_id=self._position.id)
 
@@ -877,10 +891,14 @@ def _trades(
     closed = sorted((p for p in positions if p.is_closed), key=lambda p: p.ts_opened)
     stops = strategy.stop_levels
     for position in closed:
-        entry_i = int(np.searchsorted(data.open_ns, position.ts_opened, side="right")) - 1
-        exit_i = int(np.searchsorted(data.open_ns, position.ts_closed, side="right")) - 1
-        exit_i = min(exit_i, len(data.open_ns) - 1)  # the end-of-data quote after the last close
         closing = position.closing_order_id.value
+        entry_i = strategy.fill_bars.get(position.opening_order_id.value)
+        if entry_i is None:
+            entry_i = int(np.searchsorted(data.open_ns, position.ts_opened, side="right")) - 1
+        exit_i = strategy.fill_bars.get(closing)
+        if exit_i is None:  # a stop or take: filled at a quote inside its bar
+            exit_i = int(np.searchsorted(data.open_ns, position.ts_closed, side="right")) - 1
+            exit_i = min(exit_i, len(data.open_ns) - 1)  # the quote after the last close
         reason = strategy.reasons.get(closing, "signal")
         if reason == "trail" and stops.get(position.id.value) is not None:
             trail_order = orders[closing]
@@ -1144,7 +1162,9 @@ def run_nautilus_full(
         raise ConfigError("predictions_via='actor' needs mode='bar_by_bar' and predictions")
     raw = _convert_arrays(bars, spec)
     data = raw.data
-    config = SpecStrategyConfig(bar_type=data.bar_type, quantity=spec.quantity)
+    config = SpecStrategyConfig(
+        bar_type=data.bar_type, quantity=spec.quantity, fill_at_close=spec.fill == "close"
+    )
     tick = spec.instrument_tick_size
     actor = None
     if mode == "bar_by_bar":
@@ -1422,6 +1442,7 @@ def node_run_config(
         config={
             "bar_type": str(bar_type),
             "quantity": spec.quantity,
+            "fill_at_close": spec.fill == "close",
             "signals_path": str(signals_path),
             "tick_size": spec.instrument_tick_size,
         },

@@ -193,9 +193,24 @@ def test_signal_plan_resolves_like_the_engine() -> None:
     np.testing.assert_allclose(buy - sell, 2 * TICK)
 
 
-def test_fill_at_close_is_refused(sample: pl.DataFrame) -> None:
-    with pytest.raises(ConfigError, match="next_open"):
-        run_nautilus(sample.head(100), ema_spec(fill="close"))
+@pytest.mark.parametrize("mode", ["precomputed", "bar_by_bar"])
+def test_fills_at_the_signal_bars_close(sample: pl.DataFrame, mode: str) -> None:
+    """``fill="close"`` (TradingView's process_orders_on_close): market orders fill against the
+    signal bar's close quote, stops and takes work from the next bar on; every trade equals the
+    vectorised engine's, reversals, stops, trailing stops, takes and the end close included."""
+    spec = ema_spec(
+        fill="close",
+        stop_loss=Distance(unit="atr", value=1.5),
+        trailing_stop=Distance(unit="atr", value=3.0),
+        take_profit=Distance(unit="atr", value=2.5),
+        costs={"spread": 0.2, "slippage_ticks": 1, "commission_per_unit": 0.00002},
+    )
+    trades = assert_parity(sample.head(2500), spec, mode=mode, chunk_bars=311)
+    assert {"reverse", "stop", "take"} <= set(trades["exit_reason"])
+    # a close fill enters on the signal bar itself
+    signals = compile_signals(spec, sample.head(2500))
+    first = int(np.flatnonzero(signals.long_entry | signals.short_entry)[0])
+    assert trades["entry_ts"][0] == sample["ts"][first]
 
 
 @pytest.mark.parametrize("template", ["ema_cross", "bollinger_reversion", "pattern_rsi", "ai_gate"])

@@ -192,3 +192,14 @@ def test_first_difference_names_the_first_unequal_trade(full) -> None:
     assert first_difference(trades, shifted) == 7
     cent = trades.with_columns(pl.col("pnl") + 0.01)  # commissions rounded to the cent: equal
     assert first_difference(trades, cent) is None
+
+
+def test_backtest_node_fills_at_close_like_the_engine(bars, spec, tmp_path) -> None:
+    at_close = spec.model_copy(update={"fill": "close"}).revalidated()
+    write_catalog(bars, at_close, tmp_path / "catalog")
+    node = run_from_catalog(tmp_path / "catalog", at_close, bars)
+    engine = run_nautilus_full(bars, at_close)
+    assert node.trades.height > 20
+    assert node.trades.equals(engine.trades)
+    keys = ("entry_ts", "exit_ts", "side", "exit_reason")
+    assert node.trades.select(keys).equals(backtest(bars, at_close).trades.select(keys))
