@@ -227,6 +227,17 @@ def _sma_into(x, length, out):
 
 
 @_jit
+def _neumaier_add(total, comp, value):
+    """Add `value` to a Neumaier-compensated sum: the new `(total, comp)`."""
+    t = total + value
+    if abs(total) >= abs(value):
+        comp += (total - t) + value
+    else:
+        comp += (value - t) + total
+    return t, comp
+
+
+@_jit
 def _fast_sma_into(x, length, out):
     """ta.sma with the semantics of `_sma_into` (the last `length` non-NaN values; the standing
     average repeated on a NaN bar) over a Neumaier-compensated rolling sum: equal to TradingView's
@@ -241,20 +252,10 @@ def _fast_sma_into(x, length, out):
     for i in range(n):
         value = x[i]
         if value == value:
-            t = total + value
-            if abs(total) >= abs(value):
-                comp += (total - t) + value
-            else:
-                comp += (value - t) + total
-            total = t
+            total, comp = _neumaier_add(total, comp, value)
             if stored == length:
-                old = -ring[head]  # the value stored `length` values ago leaves the window
-                t = total + old
-                if abs(total) >= abs(old):
-                    comp += (total - t) + old
-                else:
-                    comp += (old - t) + total
-                total = t
+                # the value stored `length` values ago leaves the window
+                total, comp = _neumaier_add(total, comp, -ring[head])
             else:
                 stored += 1
             ring[head] = value

@@ -432,7 +432,7 @@ def _venue_kwargs(spec: StrategySpec) -> dict[str, Any]:
     }
 
 
-def _empty_engine(raw: _RawData, spec: StrategySpec, log_level: str) -> BacktestEngine:
+def _empty_engine(data: NautilusData, spec: StrategySpec, log_level: str) -> BacktestEngine:
     """The engine of :func:`build_engine` with the venue and the instrument, no data yet.
     Nautilus' post-run analysis is off (``run_analysis=False``): it appends one pandas row per
     position, quadratic in trades; :func:`_statistics` computes the same figures in one pass."""
@@ -443,7 +443,7 @@ def _empty_engine(raw: _RawData, spec: StrategySpec, log_level: str) -> Backtest
             logging=LoggingConfig(log_level=log_level, bypass_logging=True), run_analysis=False
         )
     )
-    fill_model = SpecFillModel(config.slippage_ticks * tick, tick, raw.data.open_ns)
+    fill_model = SpecFillModel(config.slippage_ticks * tick, tick, data.open_ns)
     engine.add_venue(
         venue=VENUE,
         fill_model=fill_model,
@@ -451,7 +451,7 @@ def _empty_engine(raw: _RawData, spec: StrategySpec, log_level: str) -> Backtest
         **_venue_kwargs(spec),
     )
     fill_model.now = engine.kernel.clock.timestamp_ns
-    engine.add_instrument(raw.data.instrument)
+    engine.add_instrument(data.instrument)
     return engine
 
 
@@ -466,13 +466,12 @@ def build_engine(
     Returns the engine (no strategy added yet) and the converted :class:`NautilusData`. All the
     data is loaded at once; :func:`run_nautilus_full` streams long runs in chunks instead.
     """
-    raw = _convert_arrays(bars, spec)
-    engine = _empty_engine(raw, spec, log_level)
-    nautilus_bars, quotes = _objects(raw, 0, raw.n_bars)
+    data, nautilus_bars, quotes = _convert(bars, spec)
+    engine = _empty_engine(data, spec, log_level)
     # bars first: at equal times the strategy sees bar t before bar t + 1's open quote
     engine.add_data(nautilus_bars)
     engine.add_data(quotes)
-    return engine, raw.data
+    return engine, data
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1191,7 +1190,7 @@ def run_nautilus_full(
         strategy = SpecStrategy(
             config, SignalPlan.from_signals(signals, spec.direction), data, tick
         )
-    engine = _empty_engine(raw, spec, "ERROR")
+    engine = _empty_engine(data, spec, "ERROR")
     try:
         if actor is not None:
             engine.add_actor(actor)  # before the strategy: its bar handler runs first

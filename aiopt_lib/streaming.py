@@ -48,7 +48,7 @@ import polars as pl
 
 from aiopt_lib import patterns as pat
 from aiopt_lib.errors import ConfigError
-from aiopt_lib.indicators import PINE_EPSILON, _tv_sum_add
+from aiopt_lib.indicators import PINE_EPSILON, _neumaier_add, _tv_sum_add
 from aiopt_lib.strategy import (
     INDICATORS,
     RULES,
@@ -145,7 +145,8 @@ class _Sma:
 
 
 class _FastSma:
-    """``_fast_sma_into`` one value at a time (Neumaier-compensated rolling sum)."""
+    """``_fast_sma_into`` one value at a time: the kernel's own :func:`_neumaier_add` (called
+    from Python) on this object's state."""
 
     __slots__ = ("comp", "head", "length", "ring", "stored", "total")
 
@@ -160,21 +161,9 @@ class _FastSma:
     def update(self, value: float) -> float:
         length = self.length
         if value == value:
-            total, comp = self.total, self.comp
-            t = total + value
-            if abs(total) >= abs(value):
-                comp += (total - t) + value
-            else:
-                comp += (value - t) + total
-            total = t
+            total, comp = _neumaier_add(self.total, self.comp, value)
             if self.stored == length:
-                old = -self.ring[self.head]
-                t = total + old
-                if abs(total) >= abs(old):
-                    comp += (total - t) + old
-                else:
-                    comp += (old - t) + total
-                total = t
+                total, comp = _neumaier_add(total, comp, -self.ring[self.head])
             else:
                 self.stored += 1
             self.total, self.comp = total, comp

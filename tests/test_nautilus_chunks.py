@@ -121,7 +121,7 @@ def test_chunked_bar_by_bar_run_equals_the_vectorised_engine(bars, spec) -> None
 
 def test_chunks_move_closed_positions_out_of_the_cache(bars, spec, whole) -> None:
     raw = _convert_arrays(bars, spec)
-    engine = _empty_engine(raw, spec, "ERROR")
+    engine = _empty_engine(raw.data, spec, "ERROR")
     try:
         plan = SignalPlan.from_signals(compile_signals(spec, bars), spec.direction)
         config = SpecStrategyConfig(bar_type=raw.data.bar_type, quantity=spec.quantity)
