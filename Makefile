@@ -1,13 +1,18 @@
-# aiopt: `make run` and `make test` set up .venv on first use (torch 2.13.0 first, then the package
-# with its dev extra) and skip the setup afterwards, until pyproject.toml changes.
+# aiopt: `make run` and `make test` set up .venv on first use from the committed lock file
+# (requirements.lock: exact versions of every package, the CPU torch wheel included) and skip the
+# setup afterwards, until the lock changes. `make lock` refreshes the lock from pyproject.toml.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.aiopt-installed
+LOCK := requirements.lock
+PIP_VERSION := 26.3
+# the CPU build of torch: any other torch resolves to gigabytes of CUDA wheels
+TORCH := torch==2.13.0+cpu
 CONFIG ?= papermill_runs/default.yaml
 PYTEST_ARGS ?=
 
-.PHONY: run test lint format lab setup bench clean-reports help
+.PHONY: run test lint format lab setup bench clean-reports help lock check-lock test-latest
 .DEFAULT_GOAL := help
 
 help:
@@ -18,22 +23,28 @@ help:
 	@echo "make lab     JupyterLab on notebooks/ with this environment as the kernel"
 	@echo "make bench   run benchmarks/ (installs the peers of the [bench] extra)"
 	@echo "make setup   create/refresh .venv"
+	@echo "make lock    recompile requirements.lock from pyproject.toml (newest allowed versions)"
+	@echo "make test-latest  the suite on the newest allowed versions, in .venv-latest (not in CI)"
 
-$(STAMP): pyproject.toml
+check-lock:
+	@$(PYTHON) .ci/lock.py check
+
+$(STAMP): $(LOCK) | check-lock
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "aiopt needs Python >= 3.11; set PYTHON=python3.11 or newer")'
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	# torch first, pinned: any other version resolves to gigabytes of CUDA wheels
-	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e ".[dev]"
+	$(PY) -m pip install --quiet pip==$(PIP_VERSION)
+	# exactly the locked versions, nothing resolved today
+	$(PY) -m pip install --quiet --no-deps -r $(LOCK)
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
+	$(PY) -m pip check
 	touch $(STAMP)
 
 setup: $(STAMP)
 
-run: $(STAMP)
+run: check-lock $(STAMP)
 	$(VENV)/bin/aiopt run --config $(CONFIG)
 
-test: $(STAMP)
+test: check-lock $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)
@@ -48,9 +59,32 @@ lab: $(STAMP)
 	$(PY) -m ipykernel install --sys-prefix --name aiopt --display-name "aiopt (.venv)" >/dev/null
 	$(VENV)/bin/jupyter lab --notebook-dir=notebooks
 
-bench: $(STAMP)
-	$(PY) -m pip install --quiet -e ".[dev,bench]"
+bench: check-lock $(STAMP)
 	@for script in benchmarks/bench_*.py; do echo "== $$script"; $(PY) $$script || exit 1; done
 
 clean-reports:
 	rm -rf reports/*/ papermill_runs/*/
+
+# uv resolves for CPython 3.11 on x86-64 Linux; the CPU torch wheel comes from the find-links
+# folder (PyPI's torch of the same version is the CUDA build)
+TORCH_WHEELS ?= /opt/wheels
+UV_VERSION := 0.13.9
+lock:
+	test -x .venv-lock/bin/uv || ($(PYTHON) -m venv .venv-lock && .venv-lock/bin/pip install --quiet uv==$(UV_VERSION))
+	echo "$(TORCH)" > .venv-lock/torch-constraint.txt
+	.venv-lock/bin/uv pip compile pyproject.toml --all-extras --quiet \
+	  --python-version 3.11 --python-platform x86_64-manylinux_2_28 \
+	  --find-links $(TORCH_WHEELS) --constraints .venv-lock/torch-constraint.txt \
+	  --no-header --output-file $(LOCK)
+	$(PYTHON) .ci/lock.py stamp
+	@echo "requirements.lock refreshed: run make test, then commit it"
+
+# drift watch: the newest versions pyproject.toml allows, in a separate environment
+test-latest:
+	rm -rf .venv-latest
+	$(PYTHON) -m venv .venv-latest
+	.venv-latest/bin/python -m pip install --quiet --upgrade pip
+	.venv-latest/bin/python -m pip install --quiet "$(TORCH)"
+	.venv-latest/bin/python -m pip install --quiet --upgrade --upgrade-strategy eager -e ".[dev,bench]"
+	.venv-latest/bin/python -m pip freeze --exclude-editable > .venv-latest/versions.txt
+	AIOPT_TEST_LATEST=1 .venv-latest/bin/python -m pytest $(PYTEST_ARGS)
