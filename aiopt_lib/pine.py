@@ -61,10 +61,13 @@ Validation and correction
 -------------------------
 :func:`check_pine` parses with ``opencode-pine2pyne`` (Apache-2.0, a pure-Python Pine v1-v6
 parser; ~1 ms per script, no start-up cost) and adds its own checks on the tokens and the parse
-tree: unknown ``ta.`` / ``strategy.`` / ``input.`` / ``math.`` functions, undeclared identifiers,
-``ta.*`` calls that do not run on every bar (inside ``if`` bodies, ``?:`` / ``switch`` branches,
-the right operand of ``and`` / ``or``), ``when=`` and ``transp=`` arguments, and the division of two
-integer literals. Every :class:`PineIssue` points at the offending token (1-based line and column).
+tree: unknown ``ta.`` / ``strategy.`` / ``input.`` / ``math.`` functions, ``ta.*`` calls with a
+wrong number of arguments, undeclared identifiers, ``ta.*`` calls that do not run on every bar
+(errors inside ``if`` bodies and in the right operand of a v6 ``and`` / ``or``; warnings in ``?:`` /
+``switch`` branches, which TradingView compiles with a warning), ``when=`` and ``transp=``
+arguments, and the division of two integer literals. Every :class:`PineIssue` points at the
+offending token (1-based line and column). A few valid v6 spellings the parser refuses (array-typed
+parameters, ``method`` / ``input`` as names, ``export type``) are respelled and parsed again.
 :func:`fix_pine` rewrites the fixable classes and re-checks after each fix.
 """
 
@@ -928,8 +931,9 @@ class PineIssue:
     """One problem found by :func:`check_pine`: 1-based ``line`` and ``column`` of the offending
     token, a ``message``, ``severity`` (``"error"``: TradingView refuses the script or it computes
     something other than it says; ``"warning"``: legal but fragile) and a ``code`` naming the
-    class (``syntax``, ``version``, ``unknown-function``, ``undeclared``, ``conditional-ta``,
-    ``when-argument``, ``transp-argument``, ``int-division``, or pine2pyne's own codes)."""
+    class (``syntax``, ``version``, ``unknown-function``, ``arity``, ``undeclared``,
+    ``conditional-ta``, ``when-argument``, ``transp-argument``, ``int-division``, or pine2pyne's
+    own codes)."""
 
     line: int
     column: int
@@ -993,6 +997,34 @@ _FUNCTIONS_V5: dict[str, frozenset[str]] = {
 # checked separately
 KNOWN_FUNCTIONS: dict[int, dict[str, frozenset[str]]] = {5: _FUNCTIONS_V5, 6: _FUNCTIONS_V5}
 
+# How many arguments (positional and keyword together) each ta.* function takes in Pine v5/v6,
+# over all its overloads (TradingView's reference): `ta.sma(close)` is refused by TradingView.
+# A function missing here is not counted.
+_TA_ARITY: dict[str, tuple[int, int]] = {
+    **dict.fromkeys(["atr", "barssince", "cum", "max", "min", "swma", "wpr"], (1, 1)),
+    **dict.fromkeys(["change", "highest", "highestbars", "lowest", "lowestbars"], (1, 2)),
+    **dict.fromkeys(
+        _members(
+            "cci cmo cog cross crossover crossunder dev dmi ema falling hma median mfi mode mom "
+            "percentrank range rci rising rma roc rsi sma supertrend vwma wma"
+        ),
+        (2, 2),
+    ),
+    **dict.fromkeys(["pivothigh", "pivotlow", "pivot_point_levels", "stdev", "variance"], (2, 3)),
+    **dict.fromkeys(
+        _members(
+            "bb bbw correlation linreg percentile_linear_interpolation percentile_nearest_rank "
+            "sar tsi valuewhen"
+        ),
+        (3, 3),
+    ),
+    **dict.fromkeys(["kc", "kcw"], (3, 4)),
+    **dict.fromkeys(["macd", "stoch"], (4, 4)),
+    "alma": (4, 5),
+    "tr": (0, 1),
+    "vwap": (1, 3),
+}
+
 
 def _parser() -> Any:
     try:
@@ -1039,8 +1071,95 @@ def _parse(text: str, version: int | None) -> _Parsed:
     try:
         script, _repairs = pine2pyne.parse_source(text)
     except pine2pyne.Pine2PyneError as exc:
-        issues.append(PineIssue(exc.line or 1, exc.column or 1, exc.message, "error", "syntax"))
+        error: Any = exc
+        # pine2pyne 0.2 refuses some valid v6 spellings (see _normalised_tokens): parse again
+        # with them respelled. Only a refused script is retried, so what parsed before parses
+        # to the same tree; a script that is still refused reports the retry's error (the
+        # respelled sites keep their positions) unless it sits before the first one, which
+        # would mean the respelling itself went wrong.
+        try:
+            script = pine2pyne.parse_repair.parse_tokens(_normalised_tokens(tokens))
+        except pine2pyne.Pine2PyneError as retry:
+            if (retry.line, retry.column) >= (exc.line, exc.column):
+                error = retry
+        if script is None:
+            issues.append(
+                PineIssue(error.line or 1, error.column or 1, error.message, "error", "syntax")
+            )
     return _Parsed(text, tokens, script, version or declared or 6, issues)
+
+
+def _pine_token(kind: str, value: str, at: Any) -> Any:
+    """A token of type ``kind`` placed at ``at``'s position (inserted by a respelling)."""
+    from pine2pyne.tokens import Token, TokenType
+
+    return Token(TokenType[kind], value, at.line, at.column, value)
+
+
+def _is_method_head(tokens: list[Any], i: int) -> bool:
+    """Whether the ``method`` token ``tokens[i]`` starts a method declaration: first on its
+    line (or after ``export``) and followed by ``name(``."""
+    before = tokens[i - 1].type.name if i > 0 else "NEWLINE"
+    return (
+        before in ("NEWLINE", "INDENT", "DEDENT", "EXPORT")
+        and i + 2 < len(tokens)
+        and tokens[i + 1].type.name == "IDENTIFIER"
+        and tokens[i + 2].type.name == "LPAREN"
+    )
+
+
+def _ends_type(token: Any) -> bool:
+    """Whether ``token`` can end a type, so that a name follows: ``float`` (not a qualifier),
+    ``array<float>``, ``Pivot``."""
+    kind = token.type.name
+    qualifier = token.value in ("series", "simple", "const", "input")
+    return kind in ("GT", "IDENTIFIER") or (kind == "TYPE_IDENTIFIER" and not qualifier)
+
+
+def _normalised_tokens(tokens: list[Any]) -> list[Any]:
+    """``tokens`` with the valid Pine v6 spellings opencode-pine2pyne 0.2's grammar rejects
+    rewritten into equivalent ones it accepts, every original token keeping its position:
+
+    * ``float[] values`` / ``Pivot[] xs`` as a function parameter or a type field: the grammar
+      reads ``T[]`` only after ``var`` or at the head of a declaration -> ``array<T> values``;
+    * ``method`` as an ordinary name (``method = input.string(...)``, a parameter named
+      ``method``): the lexer makes it a keyword everywhere -> an identifier wherever it does not
+      head a ``method name(...) =>`` declaration;
+    * ``input`` as the name of a typed declaration (``float input = close``): the lexer makes it
+      a type qualifier -> an identifier after a type;
+    * ``export type`` / ``export enum`` / ``export const`` in a library: the grammar knows
+      ``export`` only before a function -> the ``export`` is dropped (no check here reads it).
+    """
+    out: list[Any] = []
+    i = 0
+    while i < len(tokens):
+        token = tokens[i]
+        kind = token.type.name
+        following = [t.type.name for t in tokens[i + 1 : i + 4]]
+        if kind == "METHOD" and not _is_method_head(tokens, i):
+            out.append(_pine_token("IDENTIFIER", str(token.value), token))
+        elif token.value == "input" and kind == "TYPE_IDENTIFIER" and out and _ends_type(out[-1]):
+            out.append(_pine_token("IDENTIFIER", "input", token))
+        elif kind == "EXPORT" and (
+            following[:1] in (["TYPE"], ["ENUM"]) or str(tokens[i + 1].value) == "const"
+        ):
+            pass  # a script always ends with an EOF token: `tokens[i + 1]` exists
+        elif (
+            kind in ("TYPE_IDENTIFIER", "IDENTIFIER")
+            and following[:2] == ["LBRACKET", "RBRACKET"]
+            and following[2:] in (["IDENTIFIER"], ["TYPE_IDENTIFIER"])
+        ):
+            out += [
+                _pine_token("TYPE_IDENTIFIER", "array", token),
+                _pine_token("LT", "<", token),
+                token,
+                _pine_token("GT", ">", token),
+            ]
+            i += 2  # the `[]`
+        else:
+            out.append(token)
+        i += 1
+    return out
 
 
 def _token_checks(parsed: _Parsed) -> list[PineIssue]:
@@ -1048,6 +1167,10 @@ def _token_checks(parsed: _Parsed) -> list[PineIssue]:
     issues = []
     tokens = [t for t in parsed.tokens if t.type.name not in ("COMMENT",)]
     table = KNOWN_FUNCTIONS.get(parsed.version or 6, _FUNCTIONS_V5)
+    if parsed.script is not None:
+        # `import TradingView/ta/7` is called as `ta.ao()`: a library may take a namespace's name
+        imported = {i.alias or i.library for i in getattr(parsed.script, "imports", [])}
+        table = {head: members for head, members in table.items() if head not in imported}
     depth = 0
     for i, token in enumerate(tokens):
         kind = token.type.name
@@ -1113,8 +1236,16 @@ def _token_checks(parsed: _Parsed) -> list[PineIssue]:
     return issues
 
 
-_CONDITIONAL_BODY = "runs only when its `if`/`switch`/`?:` branch is taken"
+_IF_BODY = "runs only when its `if` block runs"
+_BRANCH = "runs only when its `switch`/`?:` branch is taken"
 _LAZY_OPERAND = "is the right operand of `and`/`or`, evaluated lazily in Pine v6"
+# A call nested in several conditional contexts keeps the most severe one: a `?:` inside an
+# `if` block is still an `if` block's call.
+_REASON_RANK = {None: 0, _BRANCH: 1, _LAZY_OPERAND: 2, _IF_BODY: 3}
+
+
+def _within(outer: str | None, inner: str) -> str:
+    return inner if _REASON_RANK[inner] > _REASON_RANK[outer] else str(outer)
 
 
 def _conditional_ta_calls(script: Any) -> list[tuple[Any, str]]:
@@ -1137,24 +1268,28 @@ def _conditional_ta_calls(script: Any) -> list[tuple[Any, str]]:
             return
         if isinstance(value, n.IfStatement):
             visit(value.condition, reason)
-            visit(value.body, _CONDITIONAL_BODY)
+            visit(value.body, _within(reason, _IF_BODY))
             for condition, body in value.elseifs:
-                visit(condition, _CONDITIONAL_BODY)
-                visit(body, _CONDITIONAL_BODY)
-            visit(value.else_body, _CONDITIONAL_BODY)
-        elif isinstance(value, n.TernaryOp | n.IfExpression):
+                visit(condition, _within(reason, _IF_BODY))
+                visit(body, _within(reason, _IF_BODY))
+            visit(value.else_body, _within(reason, _IF_BODY))
+        elif isinstance(value, n.IfExpression):
             visit(value.condition, reason)
-            visit(value.true_expr, _CONDITIONAL_BODY)
-            visit(value.false_expr, _CONDITIONAL_BODY)
+            visit(value.true_expr, _within(reason, _IF_BODY))
+            visit(value.false_expr, _within(reason, _IF_BODY))
+        elif isinstance(value, n.TernaryOp):
+            visit(value.condition, reason)
+            visit(value.true_expr, _within(reason, _BRANCH))
+            visit(value.false_expr, _within(reason, _BRANCH))
         elif isinstance(value, n.SwitchStatement | n.SwitchExpression):
             visit(value.expr, reason)
             for k, (case, body) in enumerate(value.cases):
-                visit(case, reason if k == 0 else _CONDITIONAL_BODY)
-                visit(body, _CONDITIONAL_BODY)
-            visit(value.default, _CONDITIONAL_BODY)
+                visit(case, reason if k == 0 else _within(reason, _BRANCH))
+                visit(body, _within(reason, _BRANCH))
+            visit(value.default, _within(reason, _BRANCH))
         elif isinstance(value, n.BinaryOp) and value.op in ("and", "or"):
             visit(value.left, reason)
-            visit(value.right, reason or _LAZY_OPERAND)
+            visit(value.right, _within(reason, _LAZY_OPERAND))
         elif isinstance(value, n.FuncDecl):
             visit(value.body, None)  # whether the function runs on every bar is its caller's
         else:
@@ -1170,6 +1305,26 @@ def _conditional_ta_calls(script: Any) -> list[tuple[Any, str]]:
 
     visit([*script.declarations, *script.body], None)
     return found
+
+
+def _conditional_ta_issue(call: Any, reason: str, version: int | None) -> PineIssue:
+    """The issue of a ``ta.*`` call that may skip bars. An error where its result breaks (an
+    ``if`` block, a lazy v6 operand); a warning in a ``switch`` arm or a ``?:`` branch, as
+    TradingView compiles it: there the call mostly picks one indicator among several by a
+    setting (``switch maType``), taken on every bar or on none."""
+    if reason == _BRANCH or (reason == _LAZY_OPERAND and version == 5):
+        why = "it should be called on each bar for consistency (TradingView warns)"
+        severity: Severity = "warning"
+    else:
+        why = "its history differs from a call on every bar"
+        severity = "error"
+    return PineIssue(
+        call.line,
+        call.column,
+        f"{call.func}() {reason}: {why}; declare it at the top level",
+        severity,
+        "conditional-ta",
+    )
 
 
 def _declared_names(script: Any) -> set[str]:
@@ -1197,10 +1352,26 @@ def _declared_names(script: Any) -> set[str]:
         elif isinstance(node, n.ForInLoop):
             names.update(node.vars)
     for imported in getattr(script, "imports", []):
-        alias = getattr(imported, "alias", None)
-        if alias:
-            names.add(alias)
+        # `import user/Lib/1` is used as `Lib.f()`, `import user/Lib/1 as L` as `L.f()`
+        names.update(filter(None, [imported.alias, imported.library]))
     return {str(name) for name in names if isinstance(name, str)}
+
+
+def _arity_issues(call: Any) -> list[PineIssue]:
+    least, most = _TA_ARITY[call.func[3:]]
+    given = len(call.args) + len(call.kwargs)
+    if least <= given <= most:
+        return []
+    takes = f"{least}" if least == most else f"{least} to {most}"
+    return [
+        PineIssue(
+            call.line,
+            call.column,
+            f"{call.func}() takes {takes} argument{'s' * (most != 1)}, got {given}",
+            "error",
+            "arity",
+        )
+    ]
 
 
 def _tree_checks(parsed: _Parsed) -> list[PineIssue]:
@@ -1211,33 +1382,30 @@ def _tree_checks(parsed: _Parsed) -> list[PineIssue]:
     script = parsed.script
     issues = []
     for call, reason in _conditional_ta_calls(script):
-        lazy = reason == _LAZY_OPERAND
-        severity: Severity = "warning" if lazy and parsed.version == 5 else "error"
-        issues.append(
-            PineIssue(
-                call.line,
-                call.column,
-                f"{call.func}() {reason}: its history differs from a call on every bar; "
-                "declare it at the top level",
-                severity,
-                "conditional-ta",
-            )
-        )
+        issues.append(_conditional_ta_issue(call, reason, parsed.version))
     declared = _declared_names(script)
     known = declared | set(BUILTIN_NAMES) | _PINE_KEYWORDS
     for node in pine_walk([*script.declarations, *script.body]):
-        if isinstance(node, n.Identifier) and node.line:
-            head = node.name.split(".")[0]
-            if head not in known:
-                issues.append(
-                    PineIssue(
-                        node.line,
-                        node.column,
-                        f"undeclared identifier '{node.name}'",
-                        "error",
-                        "undeclared",
-                    )
+        called = isinstance(node, n.FunctionCall) and isinstance(node.func, str)
+        if isinstance(node, n.Identifier):
+            name = node.name
+        elif called and "." in node.func:
+            # `xs.size()` is a call named "xs.size": it reads `xs`
+            name = node.func.split(".")[0]
+        else:
+            name = ""
+        if name and node.line and name.split(".")[0] not in known:
+            issues.append(
+                PineIssue(
+                    node.line,
+                    node.column,
+                    f"undeclared identifier '{name}'",
+                    "error",
+                    "undeclared",
                 )
+            )
+        if called and node.func.startswith("ta.") and node.func[3:] in _TA_ARITY:
+            issues += _arity_issues(node)
     seen = {(i.line, i.column) for i in issues}
     for diagnostic in check_script(script):
         if (

@@ -272,6 +272,18 @@ REPORTED = {
         (4, 17, "unknown-function", "math.rond"),
     ],
     "ta_in_function_v6.pine": [(6, 19, "conditional-ta", "ta.sma")],
+    # still refused with the respelling of valid v6 (array parameters, `method` as a name)
+    "method_without_body_v6.pine": [(6, 1, "syntax", "METHOD")],
+    "method_as_name_broken_v6.pine": [(4, 11, "syntax", "NEWLINE")],
+    "syntax_after_array_param_v6.pine": [(7, 1, "syntax", "Expected RPAREN")],
+    "array_param_undeclared_v6.pine": [
+        (4, 5, "undeclared", "'vals'"),
+        (7, 20, "undeclared", "'missing_offset'"),
+    ],
+    "ta_arity_v6.pine": [
+        (3, 14, "arity", "ta.sma() takes 2 arguments, got 1"),
+        (4, 18, "arity", "ta.rsi() takes 2 arguments, got 3"),
+    ],
 }
 
 
@@ -319,6 +331,128 @@ def test_corpus_reported(name: str) -> None:
     assert found == [(line, column, code) for line, column, code, _ in REPORTED[name]]
     for issue, (_, _, _, words) in zip(issues, REPORTED[name], strict=True):
         assert words in issue.message
+
+
+# ---------------------------------------------------------------------------------------------
+# Valid v6 scripts: no false alarms
+
+VALID_CORPUS = CORPUS / "valid"
+# the conditional-ta warnings each valid script must give, as (line, the call's text)
+SWITCH_MA = ["ta.sma(source", "ta.sma(source", "ta.ema(", "ta.rma(", "ta.wma(", "ta.vwma("]
+VALID: dict[str, list[tuple[int, str]]] = {
+    "array_params_v6.pine": [],
+    "builtin_template_style_v6.pine": [
+        *((15 + k, call) for k, call in enumerate(SWITCH_MA)),
+        (45, "ta.stdev("),
+    ],
+    "drawings_and_requests_v6.pine": [],
+    "leading_comma_continuation_v6.pine": [],
+    "library_exports_v6.pine": [],
+    "method_and_input_names_v6.pine": [(10, "ta.sma("), (10, "ta.rma("), (10, "ta.ema(")],
+    "strategy_arrays_v6.pine": [],
+    "switch_ternary_ta_v6.pine": [
+        (10, "ta.sma("),
+        (11, "ta.ema("),
+        (12, "ta.wma("),
+        (13, "ta.hma("),
+        (14, "ta.vwma("),
+        (16, "ta.ema("),
+        (20, "ta.sma("),
+        (21, "ta.ema("),
+        (22, "ta.rma("),
+    ],
+    "syntax_mix_v6.pine": [],
+}
+
+
+def test_valid_corpus_is_complete() -> None:
+    assert sorted(p.name for p in VALID_CORPUS.glob("*.pine")) == sorted(VALID)
+
+
+@pytest.mark.parametrize("name", sorted(VALID))
+def test_valid_scripts_give_no_error(name: str) -> None:
+    text = (VALID_CORPUS / name).read_text()
+    issues = _checked(text, 6)
+    assert [str(i) for i in issues if i.severity == "error"] == []
+    expected = [(line, _issue_at(text, line, call)) for line, call in VALID[name]]
+    assert [(i.line, i.column) for i in issues] == expected
+    for issue in issues:
+        assert (issue.code, issue.severity) == ("conditional-ta", "warning")
+        assert "should be called on each bar for consistency" in issue.message
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        # typed array, matrix, map and user-type array parameters
+        "f(float[] xs) => xs.size()\nplot(f(array.new<float>()))",
+        "f(series float[] xs, int[] ks) => xs.size() + ks.size()\nplot(f(array.from(1.0), array.from(1)))",
+        "f(matrix<float> m, map<string, float> w) => m.rows() + w.size()\nplot(close)",
+        "type P\n    float v\nf(P[] ps) => ps.size()\nplot(f(array.new<P>()))",
+        "type P\n    float v\ntype B\n    float[] bids\n    P[] levels\nplot(close)",
+        # `method`, `input` and `type` as ordinary names
+        'method = input.string("EMA")\nplot(method == "EMA" ? close : open)',
+        'string method = input.string("EMA")\nmethod := "SMA"\nplot(close)',
+        'f(float x, string method = "A") => method == "A" ? x : 0\nplot(f(close, method = "B"))',
+        "input = close\nplot(input[1])",
+        "float input = close\nplot(input)",
+        "f(input) => input * 2\nplot(f(close))",
+        'type = input.string("SMA")\nplot(type == "SMA" ? 1 : 0)',
+        "method double(float x) => x * 2\nplot(close.double())",
+        # libraries named like a namespace or used by their name
+        "import TradingView/ta/7\nplot(ta.ao())",
+        "import jdehorty/KernelFunctions/2\nplot(KernelFunctions.rationalQuadratic(close, 8, 1, 25))",
+    ],
+)
+def test_valid_snippets_give_no_issue(body: str) -> None:
+    assert check_pine(f'//@version=6\nindicator("x")\n{body}\n', 6) == []
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        "export const float K = 2.0\nexport f(float x) => x * K",
+        "export enum Mode\n    fast\n    slow\nexport f(Mode m) => m == Mode.fast ? 1 : 2",
+        "export method total(float[] self) => self.sum()",
+    ],
+)
+def test_valid_library_snippets_give_no_issue(body: str) -> None:
+    assert check_pine(f'//@version=6\nlibrary("x")\n{body}\n', 6) == []
+
+
+def test_conditional_ta_severity_by_construct() -> None:
+    text = (
+        "//@version=6\n"
+        'indicator("x")\n'
+        'kind = input.string("EMA")\n'
+        "float a = switch kind\n"
+        '    "EMA" => ta.ema(close, 9)\n'
+        "    => ta.emaa(close, 9)\n"
+        "float b = close > open ? ta.sma(close, 9) : na\n"
+        "float c = na\n"
+        "if close > open\n"
+        "    c := close > 1 ? ta.rma(close, 9) : 0\n"
+        "float d = if close > open\n"
+        "    ta.wma(close, 9)\n"
+        "else\n"
+        "    0.0\n"
+        "bool e = close > open and (close > 1 ? ta.rsi(close, 9) > 50 : false)\n"
+        "plot(a + b + c + d + (e ? 1 : 0))\n"
+    )
+    found = [(i.line, i.code, i.severity) for i in check_pine(text, 6)]
+    assert found == [
+        (5, "conditional-ta", "warning"),  # a switch arm: TradingView warns
+        (6, "conditional-ta", "warning"),
+        (6, "unknown-function", "error"),  # a branch does not excuse a misspelt name
+        (7, "conditional-ta", "warning"),  # a ?: branch
+        (10, "conditional-ta", "error"),  # a ?: inside an `if` block is the block's call
+        (12, "conditional-ta", "error"),  # an `if` used as an expression is an `if` block
+        (15, "conditional-ta", "error"),  # a ?: inside a lazy v6 `and` operand
+    ]
+    text_v5 = text.replace("@version=6", "@version=5")
+    severities = {i.line: i.severity for i in check_pine(text_v5, 5) if i.code == "conditional-ta"}
+    assert severities[15] == "warning"  # v5 evaluates `and` eagerly: only the ?: branch is left
+    assert severities[10] == "error"
 
 
 def test_cli_exports_a_ranking_and_checks_files(tmp_path, capsys):
