@@ -4,6 +4,7 @@ flush it to disk, then rename it over the target (atomic on POSIX within one fil
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import tempfile
 from collections.abc import Iterator
@@ -11,6 +12,41 @@ from pathlib import Path
 from typing import IO, Any
 
 import polars as pl
+
+from aiopt_lib.errors import OutputError
+
+# errors that are about the place written to, not about the data: reported as the target's
+_WRITE_ERRNOS = {
+    errno.ENOSPC,
+    errno.EDQUOT,
+    errno.EFBIG,
+    errno.EROFS,
+    errno.EACCES,
+    errno.EPERM,
+    errno.EISDIR,
+    errno.ENOTDIR,
+    errno.EEXIST,
+}
+
+
+def _output_error(target: Path, exc: BaseException) -> OutputError:
+    if isinstance(exc, OSError):
+        reason = exc.strerror or str(exc)
+        if exc.errno == errno.ENOSPC:
+            reason = "no space left on the device"
+    else:  # a writer's own exception around the OS error
+        reason = "file too large" if "too large" in str(exc) else "no space left on the device"
+    return OutputError(f"{target}: cannot write: {reason}")
+
+
+def _is_write_error(exc: BaseException) -> bool:
+    if isinstance(exc, OSError):
+        return exc.errno in _WRITE_ERRNOS
+    # polars and pyarrow report the OS error in their own exception's text
+    text = str(exc)
+    return any(
+        sign in text for sign in ("os error 28", "No space left", "File too large", "os error 27")
+    )
 
 
 @contextlib.contextmanager
@@ -20,11 +56,16 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     For writers that want a file name (``DataFrame.write_parquet``, ``nbconvert``...).
     """
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    # The temporary name keeps the suffix: some writers (papermill, polars) look at it.
-    fd, tmp_name = tempfile.mkstemp(
-        prefix=f".{target.stem}.", suffix=f".tmp{target.suffix}", dir=target.parent
-    )
+    if target.is_dir():
+        raise OutputError(f"{target}: is a directory; give a file name")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        # The temporary name keeps the suffix: some writers (papermill, polars) look at it.
+        fd, tmp_name = tempfile.mkstemp(
+            prefix=f".{target.stem}.", suffix=f".tmp{target.suffix}", dir=target.parent
+        )
+    except OSError as exc:
+        raise _output_error(target, exc) from None
     os.close(fd)
     tmp = Path(tmp_name)
     # mkstemp creates 0600 files; give the result the permissions a plain open() would.
@@ -36,8 +77,10 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, target)
-    except BaseException:
+    except BaseException as exc:
         tmp.unlink(missing_ok=True)
+        if _is_write_error(exc):
+            raise _output_error(target, exc) from None
         raise
 
 

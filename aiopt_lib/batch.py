@@ -40,7 +40,6 @@ import json
 import math
 import multiprocessing
 import os
-import re
 import time
 import traceback
 from collections.abc import Callable, Mapping, Sequence
@@ -52,12 +51,11 @@ import polars as pl
 import yaml
 
 from aiopt_lib.atomic import write_parquet_atomic, write_text_atomic
-from aiopt_lib.errors import AioptError, ConfigError
+from aiopt_lib.errors import AioptError, ConfigError, plain_name
 
 BATCH_KEYS = ("name", "base", "workers", "parameters", "grid", "runs")
 # Walk-forward metrics shown on the page (all of them go to comparison.parquet).
 PAGE_METRICS = ("sharpe", "total_return", "max_drawdown", "trades")
-_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -137,8 +135,9 @@ def _overrides_hash(overrides: Mapping[str, Any]) -> str:
 
 def batch_run_id(name: str, k: int, overrides: Mapping[str, Any]) -> str:
     """``<name>-<k>-<8 hex of the overrides>``, e.g. ``grid-03-1a2b3c4d`` (``k`` from 1, two digits
-    at least so that ids sort in batch order)."""
-    return f"{name}-{k:02d}-{_overrides_hash(overrides)}"
+    at least so that ids sort in batch order). ``name`` must be a plain name
+    (:func:`aiopt_lib.errors.plain_name`): the id names the run's folders."""
+    return f"{plain_name(name, 'batch name')}-{k:02d}-{_overrides_hash(overrides)}"
 
 
 def _mapping(value: Any, where: str) -> dict[str, Any]:
@@ -178,12 +177,8 @@ def load_batch(path: str | Path) -> Batch:
     if unknown:
         raise ConfigError(f"{batch_path}: unknown key(s) {unknown}; expected {list(BATCH_KEYS)}")
 
-    name = str(raw.get("name") or batch_path.stem)
-    if not _NAME_PATTERN.match(name):
-        raise ConfigError(
-            f"{batch_path}: name {name!r} must be letters, digits, '_', '.' or '-' "
-            "(it names the report folder and the run ids)"
-        )
+    # it names the report folder and the run ids
+    name = plain_name(str(raw.get("name") or batch_path.stem), f"{batch_path}: name")
     if not raw.get("base"):
         raise ConfigError(f"{batch_path}: 'base' must name a run configuration")
     base = (batch_path.parent / str(raw["base"])).resolve()

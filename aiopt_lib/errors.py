@@ -7,6 +7,7 @@ look. The CLI prints ``str(error)`` as one line and exits non-zero; tracebacks o
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 
@@ -63,3 +64,34 @@ class BarsSchemaError(DataError):
 
 class ConfigError(AioptError):
     """A run configuration or a command-line option is invalid."""
+
+
+class OutputError(AioptError):
+    """An output could not be written (read-only folder, disk full, a directory in the way);
+    names the file the user asked for, never the temporary file beside it."""
+
+
+class SearchInterrupted(KeyboardInterrupt):
+    """Ctrl-C stopped a search after its running trials finished; the message says what was kept.
+
+    A ``KeyboardInterrupt`` so that notebooks and scripts stop as they do on any interrupt."""
+
+
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]*")
+
+
+def plain_name(value: object, what: str) -> str:
+    """``value`` if it is a plain name that can become one file or folder name, else a
+    :class:`ConfigError` naming ``what`` (the option or key it came from) and the value.
+
+    A plain name is letters, digits, ``-``, ``_`` and ``.`` (ASCII), does not start with ``.``
+    (so neither ``.`` nor ``..``, nor a hidden file) and holds no ``/`` or ``\\``: joined to a
+    folder it stays inside that folder. Run ids, notebook (stage) names, batch names and model
+    file names go through here before they become paths.
+    """
+    if isinstance(value, str) and _PLAIN_NAME.fullmatch(value):
+        return value
+    raise ConfigError(
+        f"{what} {value!r} is not a plain name: use letters, digits, '-', '_' or '.', "
+        "not starting with '.' (no '/', '\\' or '..')"
+    )

@@ -20,9 +20,13 @@ from its folder.
 Rows whose label is null (``SampleSet.labels == -1``) are ignored by every ``fit``.
 
 Saved files: ``model.json`` (written last, see :func:`aiopt_lib.signals.write_model_file`) plus
-``weights.safetensors`` for the network (``weights.pt`` when ``safetensors`` is not installed)
-and ``estimator.pkl`` for the scikit-learn baselines. Loading a pickle runs code stored in it:
-only load model folders you wrote yourself.
+``weights.safetensors`` for the network (``weights.pt`` when ``safetensors`` is not installed,
+read back with ``torch.load(weights_only=True)``) and ``estimator.skops`` for the scikit-learn
+baselines. Nothing is unpickled: the skops file is loaded only if every type in it is on the
+model kind's fixed allow-list (:data:`SKOPS_TYPES`, the scikit-learn and numpy types these
+estimators are made of), so a model folder from elsewhere cannot run code. Folders saved by older
+versions (``estimator.pkl``, a pickle) are refused with a :class:`~aiopt_lib.errors.ConfigError`:
+re-train and save them again.
 """
 
 from __future__ import annotations
@@ -32,8 +36,8 @@ import dataclasses
 import json
 import math
 import os
-import pickle
 import time
+import zipfile
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -42,7 +46,7 @@ import numpy as np
 import polars as pl
 
 from aiopt_lib.atomic import atomic_path
-from aiopt_lib.errors import ConfigError, DataError
+from aiopt_lib.errors import ConfigError, DataError, plain_name
 from aiopt_lib.labels import CLASSES
 from aiopt_lib.render import RenderSpec
 from aiopt_lib.signals import (
@@ -154,17 +158,117 @@ def _read_info(directory: Path, kind: str) -> dict[str, Any]:
     return info
 
 
-def _write_pickle(path: Path, value: Any) -> None:
-    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
-        pickle.dump(value, fh, protocol=pickle.HIGHEST_PROTOCOL)
+ESTIMATOR_FILE = "estimator.skops"
+_PICKLE_FILE = "estimator.pkl"  # written by older versions; never loaded
+
+_SKOPS_CONTAINERS = (
+    "builtins.dict",
+    "builtins.list",
+    "builtins.str",  # skops's label of every JSON value (numbers, booleans, null, strings)
+    "builtins.tuple",
+    "numpy.ndarray",  # read with numpy.load(allow_pickle=False)
+)
+# Every type a saved baseline's estimator.skops may hold, per model kind: exactly what
+# LogisticRegression and HistGradientBoostingClassifier (binary or multiclass, with or without
+# early stopping and class weights) are made of. A file naming any other type is not loaded.
+SKOPS_TYPES: dict[str, frozenset[str]] = {
+    "logistic": frozenset(
+        (*_SKOPS_CONTAINERS, "sklearn.linear_model._logistic.LogisticRegression")
+    ),
+    "gbm": frozenset(
+        (
+            *_SKOPS_CONTAINERS,
+            "numpy.random._generator.Generator",
+            "numpy.uint64",
+            "sklearn._loss._loss.CyHalfBinomialLoss",
+            "sklearn._loss._loss.CyHalfMultinomialLoss",
+            "sklearn._loss.link.Interval",
+            "sklearn._loss.link.LogitLink",
+            "sklearn._loss.link.MultinomialLogit",
+            "sklearn._loss.loss.HalfBinomialLoss",
+            "sklearn._loss.loss.HalfMultinomialLoss",
+            "sklearn.ensemble._hist_gradient_boosting.binning._BinMapper",
+            "sklearn.ensemble._hist_gradient_boosting.gradient_boosting.HistGradientBoostingClassifier",
+            "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
+            "sklearn.preprocessing._label.LabelEncoder",
+        )
+    ),
+}
+_SKOPS_LOADERS = frozenset(
+    (
+        "DictNode",
+        "ListNode",
+        "TupleNode",
+        "JsonNode",
+        "TypeNode",
+        "NdArrayNode",
+        "ObjectNode",
+        "RandomGeneratorNode",
+        "LossNode",
+    )
+)
 
 
-def _read_pickle(path: Path) -> Any:
+def _write_skops(path: Path, value: dict[str, Any]) -> None:
+    import skops.io
+
+    with atomic_path(path) as tmp:
+        skops.io.dump(value, tmp)
+
+
+def _skops_types(path: Path) -> tuple[set[str], set[str]]:
+    """The ``module.Class`` names and the skops loaders named anywhere in the file's schema,
+    read as JSON (nothing is imported or built)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            schema = json.loads(archive.read("schema.json"))
+    except (zipfile.BadZipFile, KeyError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DataError(f"not a skops file ({exc})", file=path) from None
+    types: set[str] = set()
+    loaders: set[str] = set()
+    stack: list[Any] = [schema]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            if "__class__" in node or "__module__" in node:
+                types.add(f"{node.get('__module__')}.{node.get('__class__')}")
+            if "__loader__" in node:
+                loaders.add(str(node["__loader__"]))
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+    return types, loaders
+
+
+def _read_estimator(root: Path, info: Mapping[str, Any], kind: str) -> dict[str, Any]:
+    """The ``estimator.skops`` of a baseline's folder, loaded only when every type it names is on
+    ``SKOPS_TYPES[kind]`` (the allow-list is ours, never the file's). An ``estimator.pkl`` (old
+    pickle format) is refused without being opened."""
+    name = info.get("estimator_file")
+    if name == _PICKLE_FILE or (isinstance(name, str) and name.endswith((".pkl", ".pickle"))):
+        raise ConfigError(
+            f"{root}: this {kind} model was saved in the old pickle format ({name}), which aiopt "
+            "no longer loads because unpickling can run code; re-train it and save it again "
+            f"(it then writes {ESTIMATOR_FILE})"
+        )
+    path = root / plain_name(name, f"{root / MODEL_FILE}: estimator_file")
     if not path.is_file():
         raise DataError("model folder is incomplete", file=path)
-    with open(path, "rb") as fh:
-        # Unpickling runs code: only our own files (see the module docstring).
-        return pickle.load(fh)
+    allowed = SKOPS_TYPES[kind]
+    types, loaders = _skops_types(path)
+    unexpected = sorted(types - allowed) + sorted(f"loader {x}" for x in loaders - _SKOPS_LOADERS)
+    if unexpected:
+        raise ConfigError(
+            f"{path}: not loaded: it names {', '.join(unexpected[:3])}"
+            f"{' ...' if len(unexpected) > 3 else ''}, which a saved {kind} model does not "
+            "contain (a crafted or foreign file?); re-train and save the model"
+        )
+    import skops.io
+
+    value = skops.io.load(path, trusted=sorted(allowed))
+    if not isinstance(value, dict) or "estimator" not in value:
+        raise DataError(f"not a saved {kind} estimator", file=path)
+    return value
 
 
 # ---------------------------------------------------------------------------------------------
@@ -305,26 +409,44 @@ class LogisticBaseline:
         return out
 
     def save(self, directory: str | Path) -> Path:
-        """Write ``estimator.pkl`` (estimator and standardiser), then ``model.json``."""
+        """Write ``estimator.skops`` (the estimator and the standardiser's mean and std), then
+        ``model.json``."""
         self._require_fitted()
         root = Path(directory)
-        _write_pickle(root / "estimator.pkl", (self.estimator, self.standardiser))
+        standardiser = self.standardiser
+        assert standardiser is not None
+        _write_skops(
+            root / ESTIMATOR_FILE,
+            {"estimator": self.estimator, "mean": standardiser.mean, "std": standardiser.std},
+        )
         return write_model_file(
             root,
             self.kind,
             config=dataclasses.asdict(self.config),
             feature_names=list(self.feature_names),
-            estimator_file="estimator.pkl",
+            estimator_file=ESTIMATOR_FILE,
         )
 
     @classmethod
     def load(cls, directory: str | Path) -> LogisticBaseline:
-        """The model saved in ``directory`` (unpickles: only load your own files)."""
+        """The model saved in ``directory`` (skops with a fixed allow-list: no code runs; an old
+        pickled ``estimator.pkl`` is refused)."""
+        from sklearn.linear_model import LogisticRegression
+
         root = Path(directory)
         info = _read_info(root, cls.kind)
         model = cls(LogisticConfig(**info["config"]))
         model.feature_names = tuple(info["feature_names"])
-        model.estimator, model.standardiser = _read_pickle(root / info["estimator_file"])
+        saved = _read_estimator(root, info, cls.kind)
+        mean, std = saved.get("mean"), saved.get("std")
+        if not (
+            isinstance(saved["estimator"], LogisticRegression)
+            and isinstance(mean, np.ndarray)
+            and isinstance(std, np.ndarray)
+        ):
+            raise DataError("not a saved logistic estimator", file=root / ESTIMATOR_FILE)
+        model.estimator = saved["estimator"]
+        model.standardiser = Standardiser(mean=mean, std=std)
         return model
 
 
@@ -398,28 +520,34 @@ class GradientBoostingBaseline:
         return None
 
     def save(self, directory: str | Path) -> Path:
-        """Write ``estimator.pkl``, then ``model.json``."""
+        """Write ``estimator.skops``, then ``model.json``."""
         if self.estimator is None:
             raise ConfigError("gbm model is not fitted")
         root = Path(directory)
-        _write_pickle(root / "estimator.pkl", self.estimator)
+        _write_skops(root / ESTIMATOR_FILE, {"estimator": self.estimator})
         return write_model_file(
             root,
             self.kind,
             config=dataclasses.asdict(self.config),
             feature_names=list(self.feature_names),
-            estimator_file="estimator.pkl",
+            estimator_file=ESTIMATOR_FILE,
             n_iter=int(self.estimator.n_iter_),
         )
 
     @classmethod
     def load(cls, directory: str | Path) -> GradientBoostingBaseline:
-        """The model saved in ``directory`` (unpickles: only load your own files)."""
+        """The model saved in ``directory`` (skops with a fixed allow-list: no code runs; an old
+        pickled ``estimator.pkl`` is refused)."""
+        from sklearn.ensemble import HistGradientBoostingClassifier
+
         root = Path(directory)
         info = _read_info(root, cls.kind)
         model = cls(GradientBoostingConfig(**info["config"]))
         model.feature_names = tuple(info["feature_names"])
-        model.estimator = _read_pickle(root / info["estimator_file"])
+        estimator = _read_estimator(root, info, cls.kind)["estimator"]
+        if not isinstance(estimator, HistGradientBoostingClassifier):
+            raise DataError("not a saved gbm estimator", file=root / ESTIMATOR_FILE)
+        model.estimator = estimator
         return model
 
 
@@ -1137,15 +1265,28 @@ class CompactChartNet:
         weights = info.get("class_weights")
         model.class_weights = None if weights is None else np.asarray(weights, dtype=np.float64)
         model.best_epoch = info.get("best_epoch")
-        path = root / info["weights_file"]
+        path = root / plain_name(info.get("weights_file"), f"{root / MODEL_FILE}: weights_file")
         if not path.is_file():
             raise DataError("model folder is incomplete (no weights file)", file=path)
-        if info["weights_format"] == "safetensors":
+        if info.get("weights_format") == "safetensors":
             from safetensors.torch import load_file
 
             state = load_file(str(path))
+        elif info.get("weights_format") == "torch":
+            import pickle  # only for its error class: nothing here is unpickled unrestricted
+
+            try:  # tensors and plain data only: a crafted weights.pt cannot run code
+                state = torch.load(path, weights_only=True, map_location="cpu")
+            except pickle.UnpicklingError:
+                raise DataError(
+                    "not loaded: the weights file holds objects other than tensors and plain "
+                    "data (a crafted or foreign file?)",
+                    file=path,
+                ) from None
         else:
-            state = torch.load(path, weights_only=True)
+            raise DataError(
+                f"unknown weights_format {info.get('weights_format')!r}", file=root / MODEL_FILE
+            )
         config = model.config
         network = _build_network(
             config,

@@ -48,7 +48,7 @@ from typing import IO, Any
 import yaml
 
 from aiopt_lib.atomic import atomic_path, write_text_atomic
-from aiopt_lib.errors import AioptError, ConfigError
+from aiopt_lib.errors import AioptError, ConfigError, plain_name
 
 RESERVED_PARAMETERS = ("run_dir",)
 STAGES_DIR = "stages"
@@ -213,7 +213,10 @@ def load_run_config(
             entry = {"notebook": entry}
         if not isinstance(entry, dict) or "notebook" not in entry:
             raise ConfigError(f"{config_path}: notebooks[{index}] needs a 'notebook' name")
-        name = str(entry["notebook"]).removesuffix(".ipynb")
+        # the name becomes file names (run_dir/<name>.ipynb, <name>.html, stages/<name>.json)
+        name = plain_name(
+            str(entry["notebook"]).removesuffix(".ipynb"), f"{config_path}: notebooks[{index}]"
+        )
         nb_path = notebooks_dir / f"{name}.ipynb"
         if not nb_path.is_file():
             raise ConfigError(f"{config_path}: notebooks[{index}]: {nb_path} does not exist")
@@ -328,7 +331,7 @@ def stage_key(notebook: str | Path, parameters: Mapping[str, Any], previous: Seq
 
 
 def _stage_record_path(run_dir: Path, name: str) -> Path:
-    return run_dir / STAGES_DIR / f"{name}.json"
+    return run_dir / STAGES_DIR / f"{plain_name(name, 'stage name')}.json"
 
 
 def read_stage_record(run_dir: str | Path, name: str) -> dict[str, Any] | None:
@@ -823,14 +826,19 @@ def run_pipeline(
     :func:`stage_key` (after its executed notebook and HTML exist). Given an existing ``run_id``, a
     stage whose record holds the same key is skipped and its artifacts reused; the first stage
     that runs (changed notebook or parameters, or never completed) runs every later stage too.
-    ``force=True`` reruns them all. A new run id (the default) runs everything.
+    ``force=True`` reruns them all. A new run id (the default) runs everything. A given
+    ``run_id`` and the notebook names must be plain names (:func:`aiopt_lib.errors.plain_name`):
+    they become folder and file names under ``runs_dir`` and ``reports_dir``, and a ``../``
+    would write (and clean up stale temporary files) outside them.
 
     Monitoring: ``start``/``end``/``error`` (and ``info`` for a skip) events go to the run's
     ``run_events`` stream and to ``run_dir/run.log``, with duration, CPU time, peak RSS and GPU
     memory of the kernel's process tree (:class:`StageUsage`); ``index.html`` summarises them.
     One process at a time may run a given run folder (a lock; a second raises).
     """
-    run_id = run_id or new_run_id(config)
+    run_id = plain_name(run_id, "run id (--run-id)") if run_id is not None else new_run_id(config)
+    for step in config.steps:  # each becomes <name>.ipynb / .html / stages/<name>.json
+        plain_name(step.name, "notebook name")
     run_dir = (Path(runs_dir) / run_id).resolve()
     report_dir = (Path(reports_dir) / run_id).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)

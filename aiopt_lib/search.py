@@ -29,14 +29,18 @@ studies up to ``n_trials`` each), any Optuna RDB URL (``postgresql://...``) for 
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import math
 import multiprocessing
 import os
+import signal
 import sqlite3
+import sys
+import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -46,13 +50,13 @@ import optuna
 import polars as pl
 import sqlalchemy
 import yaml
-from pydantic import BaseModel, ConfigDict, model_validator
+from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 
 from aiopt_lib import overfitting
 from aiopt_lib.atomic import write_text_atomic
 from aiopt_lib.backtest import YEAR, BacktestResult, backtest_metrics, metrics_from_arrays
 from aiopt_lib.bars import ensure_bars, infer_timeframe
-from aiopt_lib.errors import ConfigError
+from aiopt_lib.errors import ConfigError, SearchInterrupted, plain_name
 from aiopt_lib.splits import walk_forward_splits
 from aiopt_lib.strategy import (
     Arith,
@@ -95,9 +99,11 @@ class ParamRange(_Frozen):
     """The values a search tries for one parameter: ``low``..``high`` (whole numbers when both are
     ints and ``step`` is an int or unset; ``step`` a grid; ``log`` a log scale) or ``choices``."""
 
-    low: float | None = None
-    high: float | None = None
-    step: float | None = None
+    # int | float keeps what the file says: ``{low: 3, high: 40}`` is a whole-number range,
+    # ``{low: -2.0, high: 1.0}`` a real one
+    low: int | float | None = None
+    high: int | float | None = None
+    step: int | float | None = None
     log: bool = False
     choices: list[int | float] | None = None
 
@@ -117,9 +123,9 @@ class ParamRange(_Frozen):
     def is_int(self) -> bool:
         """Whether the range yields whole numbers."""
         if self.choices is not None:
-            return all(float(c).is_integer() for c in self.choices)
+            return all(isinstance(c, int) for c in self.choices)
         values = (self.low, self.high, self.step if self.step is not None else 1)
-        return all(float(v).is_integer() for v in values)  # type: ignore[arg-type]
+        return all(isinstance(v, int) for v in values)
 
     def suggest(self, trial: optuna.Trial, name: str) -> int | float:
         """Ask ``trial`` for a value of ``name``."""
@@ -154,6 +160,18 @@ class SearchTemplate(_Frozen):
         for text in self.constraints:
             tree = parse_rule(text, self.spec.params, rule="constraint")
             _constraint_value(tree, self.spec.params)  # only params and numbers
+        # the ends of each range must make a valid strategy (a stop distance of -2 ATR would
+        # otherwise be found by the first trial that draws it, deep inside Optuna)
+        for name, values in self.space.items():
+            ends = values.choices if values.choices is not None else (values.low, values.high)
+            for value in ends:
+                value = int(value) if values.is_int else value
+                try:
+                    self.spec.with_params(**{name: value})
+                except ConfigError as exc:
+                    raise ValueError(
+                        f"space.{name}: {value} gives an invalid strategy: {exc}"
+                    ) from None
         return self
 
     def feasible(self, params: Mapping[str, float]) -> bool:
@@ -221,11 +239,17 @@ TEMPLATES_DIR = Path(__file__).parent / "data" / "templates"
 def builtin_template(name: str = "ema_cross") -> SearchTemplate:
     """One of the templates shipped in ``aiopt_lib/data/templates`` (``ema_cross``,
     ``bollinger_reversion``, ``pattern_rsi``, ``ai_gate``)."""
-    path = TEMPLATES_DIR / f"{name}.yaml"
+    path = TEMPLATES_DIR / f"{plain_name(name, 'template')}.yaml"
     if not path.exists():
         known = sorted(p.stem for p in TEMPLATES_DIR.glob("*.yaml"))
         raise ConfigError(f"no built-in template {name!r}; known: {known}")
     return load_template(path)
+
+
+def _check_metric(metric: str) -> str:
+    if metric not in OBJECTIVE_METRICS:
+        raise ValueError(f"unknown metric {metric!r}; use one of {', '.join(OBJECTIVE_METRICS)}")
+    return metric
 
 
 class SearchConfig(_Frozen):
@@ -266,16 +290,26 @@ class SearchConfig(_Frozen):
             data = {**data, "objective": [data["objective"]]}
         return data
 
-    @model_validator(mode="after")
-    def _check(self) -> SearchConfig:
-        for metric in (*self.objective, self.rank_metric):
-            if metric not in OBJECTIVE_METRICS:
-                raise ValueError(f"unknown metric {metric!r}; use one of {OBJECTIVE_METRICS}")
-        if not self.objective or len(set(self.objective)) != len(self.objective):
-            raise ValueError("objective needs one or more distinct metrics")
-        if self.n_trials < 1 or self.n_folds < 1 or self.top_k < 1:
-            raise ValueError("n_trials, n_folds and top_k must be >= 1")
-        return self
+    @field_validator("n_trials", "n_folds", "top_k")
+    @classmethod
+    def _at_least_one(cls, value: int) -> int:
+        if value < 1:
+            raise ValueError(f"must be 1 or more, got {value}")
+        return value
+
+    @field_validator("objective")
+    @classmethod
+    def _objective_metrics(cls, value: list[str]) -> list[str]:
+        if not value or len(set(value)) != len(value):
+            raise ValueError("needs one or more distinct metrics")
+        for metric in value:
+            _check_metric(metric)
+        return value
+
+    @field_validator("rank_metric")
+    @classmethod
+    def _rank_metric(cls, value: str) -> str:
+        return _check_metric(value)
 
     @property
     def directions(self) -> list[str]:
@@ -298,9 +332,26 @@ class Fold:
     test_stop: int
 
 
+# The fewest bars a training or test window may have: below it a window holds a trade or two and
+# its Sharpe is noise (a search with --folds 5000 on 6,225 bars would score 1-bar windows).
+MIN_WINDOW_BARS = 30
+
+
 def walk_forward_folds(bars: pl.DataFrame, config: SearchConfig) -> list[Fold]:
-    """The folds of ``config`` over ``bars`` (contiguous windows, test windows ending at the last bar)."""
+    """The folds of ``config`` over ``bars`` (contiguous windows, test windows ending at the last
+    bar). A window shorter than ``MIN_WINDOW_BARS`` is a :class:`ConfigError` saying how many
+    folds fit, before any trial runs."""
     frame = bars.select("ts")
+    n = frame.height
+    if config.test_size is None and config.train_size is None:
+        # the default layout: n_folds test windows and one training window of n // (folds + 1)
+        window = n // (config.n_folds + 1)
+        if window < MIN_WINDOW_BARS:
+            most = max(n // MIN_WINDOW_BARS - 1, 0)
+            raise ConfigError(
+                f"--folds {config.n_folds} on {n:,} bars leaves windows of {window} bar(s); "
+                f"at most {most} folds give windows of {MIN_WINDOW_BARS} bars or more"
+            )
     splits = walk_forward_splits(
         frame,
         config.n_folds,
@@ -309,7 +360,7 @@ def walk_forward_folds(bars: pl.DataFrame, config: SearchConfig) -> list[Fold]:
         anchored=config.walk_forward == "anchored",
         label_end="ts",
     )
-    return [
+    folds = [
         Fold(
             s.fold,
             int(s.train[0]),
@@ -319,6 +370,14 @@ def walk_forward_folds(bars: pl.DataFrame, config: SearchConfig) -> list[Fold]:
         )
         for s in splits
     ]
+    shortest = min(min(f.train_stop - f.train_start, f.test_stop - f.test_start) for f in folds)
+    if shortest < MIN_WINDOW_BARS:
+        raise ConfigError(
+            f"{config.n_folds} fold(s) on {n:,} bars (train_size {config.train_size}, test_size "
+            f"{config.test_size}) leave a window of {shortest} bar(s); windows need "
+            f"{MIN_WINDOW_BARS} bars or more"
+        )
+    return folds
 
 
 def window_metrics(
@@ -425,26 +484,85 @@ def _unjson(metrics: Mapping[str, float | None]) -> dict[str, float]:
 
 def open_storage(url: str) -> optuna.storages.BaseStorage:
     """An Optuna storage for ``url``: ``sqlite:///file.db`` (with a generous lock timeout so
-    several processes can share it), ``journal:///file.log`` (journal file) or any RDB URL."""
-    if url.startswith("journal:///"):
-        path = url.removeprefix("journal://")
+    several processes can share it), ``journal:///file.log`` (journal file) or any RDB URL.
+
+    Every way a URL can be wrong (not a URL, a folder where a file belongs, a missing database
+    driver, no server, a file that is not an Optuna database) is one :class:`ConfigError` naming
+    the URL (its password hidden)."""
+    shown = _redacted(url)
+    if "://" not in url:
+        raise ConfigError(
+            f"storage {shown!r} is not a storage URL: use sqlite:///FILE.db, journal:///FILE.log "
+            "or postgresql://USER@HOST/DATABASE"
+        )
+    if url.startswith("journal://"):
+        path = Path(url.removeprefix("journal://"))
+        if not url.startswith("journal:///") or path.is_dir() or not path.name:
+            raise ConfigError(
+                f"storage {shown!r}: a journal needs a file path, e.g. journal:///runs/x/journal.log"
+            )
         from optuna.storages.journal import JournalFileBackend, JournalStorage
 
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        return JournalStorage(JournalFileBackend(path))
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            return JournalStorage(JournalFileBackend(str(path)))
+        except OSError as exc:
+            raise ConfigError(f"storage {shown!r}: {path}: {exc.strerror or exc}") from None
     if not url.startswith("sqlite:"):
-        return optuna.storages.RDBStorage(url)
+        return _rdb_storage(url, shown)
     path = Path(url.removeprefix("sqlite:///"))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if not path.exists():
-        # write-ahead logging: readers do not block the writer, and a commit appends to the log
-        # instead of rewriting pages (several times faster; the mode is stored in the file)
-        with sqlite3.connect(path) as connection:
-            connection.execute("PRAGMA journal_mode=WAL")
-    storage = optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 60}})
+    if not url.startswith("sqlite:///") or path.is_dir() or not path.name:
+        raise ConfigError(
+            f"storage {shown!r}: SQLite needs a database file, e.g. sqlite:///runs/x/optuna.db"
+        )
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if not path.exists():
+            # write-ahead logging: readers do not block the writer, and a commit appends to the
+            # log instead of rewriting pages (several times faster; the mode is stored in the file)
+            with sqlite3.connect(path) as connection:
+                connection.execute("PRAGMA journal_mode=WAL")
+    except (OSError, sqlite3.Error) as exc:
+        raise ConfigError(f"storage {shown!r}: cannot create {path}: {exc}") from None
+    storage = _rdb_storage(url, shown, engine_kwargs={"connect_args": {"timeout": 60}})
     sqlalchemy.event.listen(storage.engine, "connect", _sqlite_pragmas)
     storage.engine.dispose()  # connections opened so far did not run the pragmas
     return storage
+
+
+def _redacted(url: str) -> str:
+    """``url`` with its password replaced by ``***`` (error messages end up in logs)."""
+    try:
+        return sqlalchemy.engine.make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return url
+
+
+def _rdb_storage(
+    url: str, shown: str, engine_kwargs: dict[str, Any] | None = None
+) -> optuna.storages.RDBStorage:
+    try:
+        return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
+    except ImportError:
+        scheme = url.split("://", 1)[0]
+        hint = {"postgresql": " (pip install 'psycopg[binary]')", "mysql": " (pip install pymysql)"}
+        raise ConfigError(
+            f"storage {shown!r}: the database driver for {scheme!r} is not installed"
+            f"{hint.get(scheme.split('+')[0], '')}"
+        ) from None
+    except sqlalchemy.exc.ArgumentError:
+        raise ConfigError(f"storage {shown!r} is not a valid database URL") from None
+    except sqlalchemy.exc.DatabaseError as exc:
+        if url.startswith("sqlite:"):
+            raise ConfigError(
+                f"storage {shown!r}: the file is not an Optuna SQLite database (corrupt or "
+                "another program's); move it away or choose another --out/--storage"
+            ) from None
+        reason = " ".join(str(exc.orig or exc).split())[:200]
+        raise ConfigError(f"storage {shown!r}: cannot connect: {reason}") from None
+    except sqlalchemy.exc.SQLAlchemyError as exc:
+        reason = " ".join(str(exc).split("\n")[0].split())[:200]
+        raise ConfigError(f"storage {shown!r}: {reason}") from None
 
 
 def _sqlite_pragmas(connection: Any, _record: Any) -> None:
@@ -497,9 +615,11 @@ def _optimise_folds(
     progress: Callable[[int], None] | None,
     ready: Any = None,
     shared: bool = False,
+    stop: Any = None,
 ) -> None:
     """One worker: every fold's study in turn, until each has ``n_trials`` trials. With
-    ``ready`` (a multiprocessing barrier) the workers start together once each has loaded."""
+    ``ready`` (a multiprocessing barrier) the workers start together once each has loaded; once
+    ``stop`` (an event) is set, the worker ends after its running trial."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     evaluator = TrialEvaluator(bars, template, predictions)
     storage = open_storage(storage_url)
@@ -508,11 +628,15 @@ def _optimise_folds(
         ready.wait(timeout=300)
     started = time.monotonic()
     for fold in walk_forward_folds(evaluator.bars, config):
+        if stop is not None and stop.is_set():
+            return
         study = _study(storage, config, fold.index, worker)
         remaining = config.n_trials - _done(study)
         if remaining <= 0:
             continue
         callbacks: list[Callable[..., None]] = []
+        if stop is not None:
+            callbacks.append(lambda study, _trial: study.stop() if stop.is_set() else None)
         if shared:  # other workers add trials too: stop when the study has them all
             callbacks.append(optuna.study.MaxTrialsCallback(config.n_trials, states=_COUNTED))
         if progress is not None:
@@ -537,9 +661,12 @@ def _worker_main(
     predictions_ipc: bytes | None,
     worker: int,
     ready: Any,
+    stop: Any,
 ) -> None:
     import io
 
+    # Ctrl-C reaches every process of the terminal's group: the parent decides (it sets ``stop``)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     bars = pl.read_ipc(io.BytesIO(bars_ipc))
     predictions = pl.read_ipc(io.BytesIO(predictions_ipc)) if predictions_ipc else None
     _optimise_folds(
@@ -552,6 +679,7 @@ def _worker_main(
         None,
         ready,
         True,
+        stop,
     )
 
 
@@ -580,48 +708,136 @@ def optimise(
     folds = walk_forward_folds(bars, config)
     storage = open_storage(storage_url)
     studies = [_study(storage, config, f.index, 0) for f in folds]  # tables and studies first
+    for study in studies:
+        _claim_study(study, template, storage_url)
     total = config.n_trials * len(folds)
-    done = sum(min(_done(s), config.n_trials) for s in studies)
-    bar = _progress_bar(total, done, config.study_name) if progress else None
+
+    def done() -> int:
+        return sum(min(_done(s), config.n_trials) for s in studies)
+
+    bar = _progress_bar(total, done(), config.study_name) if progress else None
+    stop = threading.Event()
     try:
         if workers <= 1:
-            _optimise_folds(
-                bars,
-                template,
-                config,
-                storage_url,
-                predictions,
-                0,
-                bar.update if bar is not None else None,
-            )
-            return
-        context = multiprocessing.get_context("spawn")
-        arguments = (
-            _ipc(bars),
-            template.model_dump_json(),
-            config.model_dump_json(),
-            storage_url,
-            _ipc(predictions) if predictions is not None else None,
-        )
-        ready = context.Barrier(workers)
-        processes = [
-            context.Process(target=_worker_main, args=(*arguments, w, ready), daemon=True)
-            for w in range(workers)
-        ]
-        for process in processes:
-            process.start()
-        while any(p.is_alive() for p in processes):
-            time.sleep(0.25)
-            if bar is not None:
-                bar.n = sum(min(_done(s), config.n_trials) for s in studies)
-                bar.refresh()
-        failed = [p.exitcode for p in processes if p.exitcode != 0]
-        if failed:
-            raise RuntimeError(f"{len(failed)} search worker(s) failed (exit codes {failed})")
+            with _stop_on_interrupt(stop):
+                _optimise_folds(
+                    bars,
+                    template,
+                    config,
+                    storage_url,
+                    predictions,
+                    0,
+                    bar.update if bar is not None else None,
+                    stop=stop,
+                )
+        else:
+            _run_workers(bars, template, config, storage_url, predictions, workers, stop, bar, done)
     finally:
         if bar is not None:
-            bar.n = sum(min(_done(s), config.n_trials) for s in studies)
+            bar.n = done()
             bar.close()
+    if stop.is_set():
+        raise SearchInterrupted(
+            f"search stopped after the running trials; {done()} of {total} trials are kept in "
+            f"{_redacted(storage_url)}; run the same command again to continue"
+        )
+
+
+def _run_workers(
+    bars: pl.DataFrame,
+    template: SearchTemplate,
+    config: SearchConfig,
+    storage_url: str,
+    predictions: pl.DataFrame | None,
+    workers: int,
+    stop: threading.Event,
+    bar: Any,
+    done: Callable[[], int],
+) -> None:
+    context = multiprocessing.get_context("spawn")
+    arguments = (
+        _ipc(bars),
+        template.model_dump_json(),
+        config.model_dump_json(),
+        storage_url,
+        _ipc(predictions) if predictions is not None else None,
+    )
+    ready = context.Barrier(workers)
+    shared_stop = context.Event()
+    processes = [
+        context.Process(target=_worker_main, args=(*arguments, w, ready, shared_stop), daemon=True)
+        for w in range(workers)
+    ]
+    # the workers start with Ctrl-C ignored (kept across exec, so Python leaves it so): an
+    # interrupt in their start-up would otherwise kill them with a traceback
+    with _sigint_ignored():
+        for process in processes:
+            process.start()
+    with _stop_on_interrupt(stop):
+        while any(p.is_alive() for p in processes):
+            time.sleep(0.25)
+            if stop.is_set():
+                shared_stop.set()
+            if bar is not None:
+                bar.n = done()
+                bar.refresh()
+    failed = [p.exitcode for p in processes if p.exitcode != 0]
+    if failed:
+        raise RuntimeError(f"{len(failed)} search worker(s) failed (exit codes {failed})")
+
+
+@contextlib.contextmanager
+def _sigint_ignored() -> Iterator[None]:
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+@contextlib.contextmanager
+def _stop_on_interrupt(stop: threading.Event) -> Iterator[None]:
+    """While the search runs, the first Ctrl-C sets ``stop`` (the running trials finish and are
+    stored, so the studies stay clean and resumable); a second one interrupts at once."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers belong to the main thread; elsewhere Ctrl-C cannot arrive
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+        print(
+            "\naiopt: stopping after the running trials (Ctrl-C again to abort at once)",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _claim_study(study: optuna.Study, template: SearchTemplate, storage_url: str) -> None:
+    """Mark a new study with its template; refuse to continue a study of another template
+    (its trials' params would not fit this one's)."""
+    name = template.spec.name
+    stored = study.user_attrs.get("template")
+    trials = study.get_trials(deepcopy=False)
+    foreign = sorted({p for t in trials for p in t.params} - set(template.space))
+    if (stored is not None and stored != name) or foreign:
+        raise ConfigError(
+            f"a study for template {stored or 'another template'!r} (params "
+            f"{sorted({p for t in trials for p in t.params})}) already exists in "
+            f"{_redacted(storage_url)}; use another --out or --study to search {name!r}"
+        )
+    if stored is None:
+        study.set_user_attr("template", name)
 
 
 def _progress_bar(total: int, done: int, name: str) -> Any:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -33,6 +34,7 @@ from aiopt_lib.errors import ConfigError, DataError
 from aiopt_lib.labels import CLASSES
 
 MODEL_FILE = "model.json"
+TRUST_REMOTE_CODE_ENV = "AIOPT_TRUST_REMOTE_CODE"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,12 +118,49 @@ class SignalModel(Protocol):
     def explain(self, samples: SampleSet) -> list[str] | None: ...
 
 
-_LOADERS: dict[str, Callable[[Path], SignalModel]] = {}
+_LOADERS: dict[str, Callable[..., SignalModel]] = {}
+_REMOTE_CODE_KINDS: set[str] = set()
 
 
-def register_model(kind: str, loader: Callable[[Path], SignalModel]) -> None:
-    """Make :func:`load_model` able to load models saved with ``kind``."""
+def register_model(
+    kind: str, loader: Callable[..., SignalModel], *, remote_code: bool = False
+) -> None:
+    """Make :func:`load_model` able to load models saved with ``kind``: ``loader(directory)``,
+    or with ``remote_code=True`` ``loader(directory, trust_remote_code=...)`` for kinds that can
+    run a model repository's own code (the caller's opt-in is passed on)."""
     _LOADERS[kind] = loader
+    if remote_code:
+        _REMOTE_CODE_KINDS.add(kind)
+    else:
+        _REMOTE_CODE_KINDS.discard(kind)
+
+
+def remote_code_allowed(trust_remote_code: bool | None = None) -> bool:
+    """Whether the caller opted in to running a model repository's own Python code:
+    ``trust_remote_code`` when given, else the environment variable ``AIOPT_TRUST_REMOTE_CODE``
+    (``1``, ``true`` or ``yes``). Never what a model folder says about itself."""
+    if trust_remote_code is not None:
+        return bool(trust_remote_code)
+    return os.environ.get(TRUST_REMOTE_CODE_ENV, "").strip().lower() in ("1", "true", "yes")
+
+
+def require_remote_code_opt_in(
+    directory: str | Path, wanted: bool, trust_remote_code: bool | None
+) -> bool:
+    """The ``trust_remote_code`` to load a saved model with: True only when its folder asks for
+    remote code (``wanted``, its model.json) AND the caller opted in (:func:`remote_code_allowed`).
+    When the folder asks and the caller did not, a one-line :class:`ConfigError` says how to opt
+    in; nothing of the folder has been imported or run."""
+    if not wanted:
+        return False
+    if not remote_code_allowed(trust_remote_code):
+        raise ConfigError(
+            f"{directory}: this saved model needs remote code (its model.json sets "
+            "trust_remote_code: true, which runs Python files shipped with the model); if you "
+            "trust its source, opt in with load_model(..., trust_remote_code=True) or "
+            f"{TRUST_REMOTE_CODE_ENV}=1"
+        )
+    return True
 
 
 def write_model_file(directory: str | Path, kind: str, **info: Any) -> Path:
@@ -134,13 +173,26 @@ def write_model_file(directory: str | Path, kind: str, **info: Any) -> Path:
     return path
 
 
-def load_model(directory: str | Path) -> SignalModel:
-    """Load any saved signal model (the kind is read from ``model.json``)."""
+def load_model(directory: str | Path, *, trust_remote_code: bool | None = None) -> SignalModel:
+    """Load any saved signal model (the kind is read from ``model.json``).
+
+    Loading never runs code stored in the folder unless the caller says so: a model whose
+    ``model.json`` asks for remote code (a vision-language model whose repository ships its own
+    Python) loads only with ``trust_remote_code=True`` or ``AIOPT_TRUST_REMOTE_CODE=1`` (an
+    explicit ``False`` wins over the variable), else a :class:`ConfigError`. Weights are read as
+    safetensors, ``torch.load(weights_only=True)`` or skops with a fixed allow-list, never pickle.
+    """
     path = Path(directory) / MODEL_FILE
     if not path.is_file():
         raise DataError("not a saved signal model (no model.json)", file=Path(directory))
-    info = json.loads(path.read_text(encoding="utf-8"))
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DataError(f"model.json is not valid JSON ({exc})", file=path) from None
+    if not isinstance(info, dict):
+        raise DataError("model.json must hold a JSON object", file=path)
     kind = info.get("kind")
+    kind = kind if isinstance(kind, str) else repr(kind)
     if kind not in _LOADERS:
         # importing registers the built-in kinds (their heavy imports stay lazy)
         import aiopt_lib.models
@@ -148,6 +200,10 @@ def load_model(directory: str | Path) -> SignalModel:
 
     if kind not in _LOADERS:
         raise ConfigError(f"{path}: unknown model kind {kind!r}; known: {sorted(_LOADERS)}")
+    # checked here for every kind, before any loader imports anything of the folder
+    require_remote_code_opt_in(directory, bool(info.get("trust_remote_code")), trust_remote_code)
+    if kind in _REMOTE_CODE_KINDS:
+        return _LOADERS[kind](Path(directory), trust_remote_code=trust_remote_code)
     return _LOADERS[kind](Path(directory))
 
 

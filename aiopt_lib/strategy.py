@@ -721,7 +721,8 @@ def validate_model(model: type[_M], data: Mapping[str, Any], *, source: str, wha
         return model.model_validate(dict(data))
     except ValidationError as exc:
         problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or '(top level)'}: {e['msg']}"
+            (f"{'.'.join(str(p) for p in e['loc'])}: " if e["loc"] else "")
+            + str(e["msg"]).removeprefix("Value error, ")
             for e in exc.errors()
         )
         raise ConfigError(f"{source}: invalid {what}: {problems}") from None

@@ -6,7 +6,10 @@ model, loaded from a hub id or a local folder with ``AutoProcessor.from_pretrain
 (``openbmb/MiniCPM-V-4.6``, ~1.3B: SigLIP2 vision tower + Qwen3.5-0.8B, native in transformers;
 its processor needs torchvision). MiniCPM-V 4.5 (8B) ships remote code only: pass
 ``trust_remote_code=True`` for it — an explicit opt-in, off by default, because it runs code
-downloaded with the weights. Nothing is loaded until the model is first used.
+downloaded with the weights. A saved folder whose ``model.json`` records ``trust_remote_code``
+loads only when the caller opts in again (``load_model(folder, trust_remote_code=True)`` or
+``AIOPT_TRUST_REMOTE_CODE=1``): the folder's own word is never enough. Nothing is loaded until
+the model is first used.
 
 Prompt
 ------
@@ -34,8 +37,9 @@ module names that excludes every vision-tower/projector path, so it works across
 The loss is on the answer tokens only (labels ``-100`` on the prompt). AdamW, gradient clipping,
 linear warm-up. With CUDA: bf16 weights, gradient checkpointing and, on request, QLoRA (4-bit
 NF4 through bitsandbytes; GPU only). Checkpoints (adapter as safetensors + optimizer and RNG
-state + step) every ``checkpoint_every`` steps, and resume from the latest one. Metrics go to a
-tqdm bar and, optionally, to a ``training_metrics`` stream (:mod:`aiopt_lib.streams`).
+state + step) every ``checkpoint_every`` steps, and resume from the latest one (tensors and plain
+data only: ``torch.load(weights_only=True)``, so a crafted checkpoint cannot run code). Metrics
+go to a tqdm bar and, optionally, to a ``training_metrics`` stream (:mod:`aiopt_lib.streams`).
 ``merge=True`` folds the adapters into the weights (``merge_and_unload``) after training.
 
 Pattern questions
@@ -85,6 +89,7 @@ from aiopt_lib.signals import (
     SampleSet,
     check_probabilities,
     register_model,
+    require_remote_code_opt_in,
     write_model_file,
 )
 
@@ -859,6 +864,17 @@ class VisionLanguageSignalModel:
             answer_tokens=dataclasses.asdict(self._answers) if self._answers else None,
         )
 
+    @classmethod
+    def load(
+        cls, directory: str | Path, *, trust_remote_code: bool | None = None
+    ) -> VisionLanguageSignalModel:
+        """The model saved in ``directory`` by :meth:`save` (lazy, like the constructor).
+
+        When its ``model.json`` records ``trust_remote_code: true`` it loads only if the caller
+        opts in: ``trust_remote_code=True`` or ``AIOPT_TRUST_REMOTE_CODE=1`` (else a
+        :class:`ConfigError`); the folder alone never turns remote code on."""
+        return _load_saved(Path(directory), trust_remote_code=trust_remote_code)
+
 
 _HISTORY_SCHEMA = {
     "step": pl.Int64,
@@ -929,7 +945,7 @@ def _resume(
         return 0, []
     weights = load_file(str(folder / "adapter" / "adapter_model.safetensors"))
     set_peft_model_state_dict(model, weights)
-    state = torch.load(folder / "optimizer.pt", weights_only=False)
+    state = _read_optimizer_state(folder / "optimizer.pt")
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     torch.set_rng_state(state["torch_rng"])
@@ -939,14 +955,44 @@ def _resume(
     return int(info["step"]), list(info["history"])
 
 
-def _load_saved(directory: Path) -> VisionLanguageSignalModel:
+def _read_optimizer_state(path: Path) -> dict[str, Any]:
+    """The optimizer/scheduler/RNG state of a checkpoint, read with ``weights_only=True`` (tensors,
+    numbers, strings, lists, tuples and dicts only: unpickling anything else is refused, so a
+    crafted ``optimizer.pt`` cannot run code); a one-line :class:`ConfigError` otherwise."""
+    import pickle
+
+    import torch
+
+    try:
+        state = torch.load(path, weights_only=True, map_location="cpu")
+    except pickle.UnpicklingError:
+        raise ConfigError(
+            f"{path}: refusing to resume from this checkpoint: it holds objects other than "
+            "tensors and plain data (not written by aiopt?); delete its step-* folder to go on"
+        ) from None
+    keys = {"optimizer", "scheduler", "torch_rng", "cuda_rng"}
+    if not isinstance(state, dict) or not keys <= set(state):
+        raise ConfigError(f"{path}: not an aiopt checkpoint (expected the keys {sorted(keys)})")
+    return state
+
+
+def _load_saved(
+    directory: Path, *, trust_remote_code: bool | None = None
+) -> VisionLanguageSignalModel:
+    """The model saved in ``directory``. Its ``model.json`` may ask for remote code; it gets it
+    only when the caller opts in too (:func:`aiopt_lib.signals.require_remote_code_opt_in`)."""
     info = json.loads((directory / MODEL_FILE).read_text(encoding="utf-8"))
+    if info.get("kind") != KIND:
+        raise DataError(f"model kind is {info.get('kind')!r}, expected {KIND!r}", file=directory)
+    remote = require_remote_code_opt_in(
+        directory, bool(info.get("trust_remote_code")), trust_remote_code
+    )
     base = info["model_id"]
     if base == "model":
         base = str(directory / "model")
     model = VisionLanguageSignalModel(
         base,
-        trust_remote_code=bool(info.get("trust_remote_code", False)),
+        trust_remote_code=remote,
         prompt_features=info.get("prompt_features"),
         max_prompt_features=int(info.get("max_prompt_features", 8)),
         batch_size=int(info.get("batch_size", 8)),
@@ -957,4 +1003,4 @@ def _load_saved(directory: Path) -> VisionLanguageSignalModel:
     return model
 
 
-register_model(KIND, _load_saved)
+register_model(KIND, _load_saved, remote_code=True)

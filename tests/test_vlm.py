@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
+from pathlib import Path
 
 import numpy as np
 import polars as pl
@@ -93,6 +94,11 @@ def _corpus() -> list[str]:
 @pytest.fixture(scope="module")
 def llava_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
     """A tiny random LLaVA (SigLIP + Llama) and its processor, saved like a hub checkpoint."""
+    return build_tiny_llava(tmp_path_factory.mktemp("tiny_llava"))
+
+
+def build_tiny_llava(folder: Path) -> str:
+    """Save a tiny random LLaVA and its processor to ``folder`` (also used by test_security)."""
     from transformers.models.siglip.image_processing_pil_siglip import SiglipImageProcessorPil
 
     torch.manual_seed(0)
@@ -135,7 +141,6 @@ def llava_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
         image_seq_length=16,
     )
     model = transformers.LlavaForConditionalGeneration(config)
-    folder = tmp_path_factory.mktemp("tiny_llava")
     processor.save_pretrained(folder)
     model.save_pretrained(folder)
     return str(folder)
