@@ -8,7 +8,6 @@ import io
 import numpy as np
 import polars as pl
 import pytest
-from aiopt_lib.render import RenderSpec, render_windows, with_overlays
 
 from aiopt_lib import render
 from aiopt_lib.cli import EXIT_OK, main
@@ -21,6 +20,7 @@ from aiopt_lib.dataset import (
     render_dataset_images,
 )
 from aiopt_lib.errors import ConfigError
+from aiopt_lib.render import RenderSpec, render_windows, with_overlays
 from aiopt_lib.sources import load_sample
 
 SPEC = RenderSpec(width=64, height=64)
