@@ -24,6 +24,9 @@ Kinds of findings and their severity
 ``out_of_order``       a row whose ``ts`` is earlier than that of a row before it ("warning").
 ``bad_price``          a price that is null, NaN, infinite or not positive, or a volume that is
                        null, NaN, infinite or negative ("error"; the field is named).
+``implausible_price``  a positive price that is not plausible for the instrument:
+                       ``max_price_ratio`` (default 8) or more times above or below the median
+                       close of the data ("error"; the field is named). See "Implausible prices" below.
 ``ohlc_inconsistent``  high below max(open, close) or low above min(open, close), which covers
                        high below low ("error"); checked for the main, ``bid_`` and ``ask_`` sets.
 ``flat_candle``        open == high == low == close with zero volume: Dukascopy serves these while
@@ -49,11 +52,26 @@ Gaps inside a weekend window alone are ``expected_weekend``; gaps that need a ho
 ``unexpected``. The number of missing bars is round(spacing / timeframe) - 1, so the one-hour
 daylight-saving shift of daily bars stamped at the New York close is not a gap.
 
+Implausible prices
+------------------
+A price that is a factor of ``max_price_ratio`` (default 8) or more away from the median close of
+the rows around it (the nearest 501 rows with valid prices; all of a shorter file), either way,
+cannot be a quote of the same instrument: it is a corrupt value (a flipped
+bit, a misplaced decimal point, a price in pips, another instrument's row). The factor is below 10
+so that a decimal point shifted by one place (x10, /10) is caught even when the price has drifted
+20 % from the median; it is far above what one FX data file holds (EUR/USD stayed within a factor
+of 1.5 of its median from 2000 to 2024, gold within about 5). Such a price is an error: cleaning
+raises a ``DataError`` naming the file, row and field (``CleaningPolicy.implausible_prices="drop"``
+drops the rows instead, counted), and validation reports it. The median is local so that a history
+that really moves by such a factor over years (a high-inflation currency, a crypto asset) is
+accepted; ``max_price_ratio`` can be raised for data that jumps by it from one bar to the next.
+
 Spikes
 ------
 Scale: the robust standard deviation of log close-to-close returns, 1.4826 x MAD (median absolute
 deviation from the median), over the rows with valid prices that are not flat candles (at least
-20 returns and a non-zero MAD are needed, else no spike test is made). A plain z-score of returns
+``MIN_SPIKE_RETURNS`` = 10 returns, i.e. 11 bars, and a non-zero MAD are needed, else no spike test
+is made). A plain z-score of returns
 or of the log high/low range does not separate bad ticks from news on hourly FX: on the 2017
 EUR/USD hourly sample the Fed decision bar of 2017-09-20 18:00 UTC has a return z of -16.6 and a
 range z of 22.6, and it is real. What a bad tick does and news does not is *stick out from its
@@ -73,9 +91,13 @@ non-reverting moves 16.6 against ``jump_z`` 30), so nothing fires; a 1 % bad tic
 EUR/USD scores 12 to 16, as a close or as a wick. The detail of each spike says which price, by how much, its return
 and range z-scores and whether the move reverted.
 
-Cleaning order: sort (out of order), resolve duplicates, bad prices, OHLC, flat candles, spikes,
-gaps. Each step sees only the rows the previous ones kept, so spikes and gaps are measured on the
-output (a dropped mid-week row becomes a reported gap).
+Gaps of ``LONG_GAP`` (7 days) or more are holes in the data whatever their kind: the report lists
+them in :meth:`ValidationReport.long_gaps` and :func:`aiopt_lib.sources.load_bars` warns about them,
+as it does about flagged spikes.
+
+Cleaning order: sort (out of order), resolve duplicates, implausible prices, bad prices, OHLC, flat
+candles, spikes, gaps. Each step sees only the rows the previous ones kept, so spikes and gaps are
+measured on the output (a dropped mid-week row becomes a reported gap).
 """
 
 from __future__ import annotations
@@ -115,13 +137,18 @@ HOLIDAY_REOPEN_NY = dt.time(17, 0)
 DEFAULT_GAP_TOLERANCE = dt.timedelta(hours=2)
 DEFAULT_SPIKE_Z = 10.0
 DEFAULT_JUMP_Z = 30.0
-MIN_SPIKE_RETURNS = 20
+MIN_SPIKE_RETURNS = 10
 MAD_TO_SIGMA = 1.4826
+# A price this many times above or below the median close (either way) is not plausible.
+MAX_PRICE_RATIO = 8.0
+# Gaps this long are holes in the data, reported by load_bars whatever their kind.
+LONG_GAP = dt.timedelta(days=7)
 
 KINDS: tuple[str, ...] = (
     "duplicate",
     "out_of_order",
     "bad_price",
+    "implausible_price",
     "ohlc_inconsistent",
     "flat_candle",
     "spike",
@@ -167,6 +194,9 @@ class CleaningPolicy:
     * ``duplicates`` ["last"]: identical copies of a timestamp are always dropped; of conflicting
       copies keep the ``"last"`` or ``"first"`` in source order, or ``"error"``: raise a
       ``DataError`` naming both rows. A copy with bad prices never wins over a valid one.
+    * ``implausible_prices`` ["error"]: a price ``max_price_ratio`` [8] or more times above or
+      below the median close (see the module docstring) raises a ``DataError`` naming the row and
+      field, or ``"drop"`` drops its row (counted).
     * ``bad_prices`` ["drop"]: ``"drop"`` the row, ``"interpolate"`` the bad fields linearly in
       time from the neighbouring valid values (flag ``PRICE_REPAIRED``; a row at the edge of the
       data has no neighbour and is dropped), or ``"error"``.
@@ -186,6 +216,7 @@ class CleaningPolicy:
     """
 
     duplicates: Literal["last", "first", "error"] = "last"
+    implausible_prices: Literal["error", "drop"] = "error"
     bad_prices: Literal["drop", "interpolate", "error"] = "drop"
     ohlc: Literal["fix", "drop", "error"] = "fix"
     spikes: Literal["flag", "interpolate", "drop"] = "flag"
@@ -196,10 +227,12 @@ class CleaningPolicy:
     spike_z: float = DEFAULT_SPIKE_Z
     jump_z: float = DEFAULT_JUMP_Z
     gap_tolerance: dt.timedelta = DEFAULT_GAP_TOLERANCE
+    max_price_ratio: float = MAX_PRICE_RATIO
 
     def __post_init__(self) -> None:
         choices = {
             "duplicates": ("last", "first", "error"),
+            "implausible_prices": ("error", "drop"),
             "bad_prices": ("drop", "interpolate", "error"),
             "ohlc": ("fix", "drop", "error"),
             "spikes": ("flag", "interpolate", "drop"),
@@ -221,6 +254,11 @@ class CleaningPolicy:
             value = getattr(self, name)
             if not isinstance(value, int | float) or not value > 0:
                 raise ConfigError(f"CleaningPolicy.{name} must be a positive number, got {value!r}")
+        ratio = self.max_price_ratio
+        if not isinstance(ratio, int | float) or not ratio > 1 or not math.isfinite(ratio):
+            raise ConfigError(
+                f"CleaningPolicy.max_price_ratio must be a finite number above 1, got {ratio!r}"
+            )
         if not isinstance(self.gap_tolerance, dt.timedelta) or self.gap_tolerance < dt.timedelta(0):
             raise ConfigError(
                 f"CleaningPolicy.gap_tolerance must be a non-negative timedelta, got {self.gap_tolerance!r}"
@@ -237,7 +275,8 @@ class ValidationReport:
     "repaired", "interpolated", "reordered" or "kept" after cleaning). Gap items sit on the first
     bar after the gap. ``n_inserted`` counts bars the cleaning added (gap filling), so
     ``n_input == n_output + n_dropped - n_inserted``. ``row_kind`` names ``row`` in texts
-    ("line", "record" or "row").
+    ("line", "record" or "row"). ``gaps`` holds the classified gaps (:func:`classify_gaps`'s
+    columns) of the validated data, or of the cleaned output.
     """
 
     issues: pl.DataFrame
@@ -247,6 +286,7 @@ class ValidationReport:
     n_output: int
     n_inserted: int = 0
     row_kind: str = "row"
+    gaps: pl.DataFrame = dataclasses.field(default_factory=lambda: pl.DataFrame(schema=GAP_SCHEMA))
 
     @property
     def problems(self) -> pl.DataFrame:
@@ -267,6 +307,10 @@ class ValidationReport:
     def has_repairs(self) -> bool:
         """True when the cleaning changed the data: dropped, repaired, interpolated or reordered."""
         return bool(self.issues.get_column("action").is_in(_REPAIR_ACTIONS).any())
+
+    def long_gaps(self, min_duration: dt.timedelta = LONG_GAP) -> pl.DataFrame:
+        """The gaps of ``min_duration`` (default a week) or more without bars, of any kind."""
+        return self.gaps.filter(pl.col("duration") >= min_duration)
 
     def summary(self) -> dict[str, int]:
         """Counts by kind (every kind, zeros included) and by action (every cleaning action)."""
@@ -293,8 +337,11 @@ class ValidationReport:
         status = "clean" if n_problems == 0 else f"{n_problems} problem(s)"
         return ", ".join(parts) + f": {status}"
 
-    def to_text(self, max_items: int = 20) -> str:
-        """A readable report: headline, counts, then up to ``max_items`` items, problems first."""
+    def to_text(self, max_items: int = 20, *, more: str = "report.issues lists them all") -> str:
+        """A readable report: headline, counts, then up to ``max_items`` items, problems first.
+
+        ``more`` says where the items left out can be seen (a command-line tool names its option).
+        """
         lines = [self._headline()]
         counts = self.summary()
         by_kind = ", ".join(f"{k} {counts[k]}" for k in KINDS if counts[k])
@@ -326,7 +373,7 @@ class ValidationReport:
                 f"  {where:>12}  {when}  {item['severity']:<7}  {item['kind']:<17}{field} {item['detail']}{action}"
             )
         if ordered.height > shown.height:
-            lines.append(f"  ... and {ordered.height - shown.height} more item(s) (see .issues)")
+            lines.append(f"  ... and {ordered.height - shown.height} more item(s) ({more})")
         return "\n".join(lines)
 
     def to_dict(self) -> dict[str, Any]:
@@ -710,6 +757,80 @@ def _bad_price_items(frame: pl.DataFrame, action: str) -> pl.DataFrame:
         severity="error",
         field=_single_field(masks),
         detail=detail,
+        action=action,
+    )
+
+
+def _factor_text(factor: float) -> str:
+    """'12.3', '1.2e+77': how many times, readable at any magnitude."""
+    return f"{factor:.1f}" if factor < 1000 else f"{factor:.2g}"
+
+
+# Rows on each side whose median close is a row's reference: local, so that a long history that
+# really moves (USD/TRY over a decade, gold since 2000) is not refused, and wide enough that a
+# block of corrupt rows shorter than it cannot become its own reference.
+PLAUSIBILITY_HALF_WINDOW = 250
+
+
+def _implausible_items(frame: pl.DataFrame, max_ratio: float, action: str) -> pl.DataFrame:
+    """Valid (positive, finite) prices ``max_ratio`` or more times above or below the median
+    close of the nearest ``2 × PLAUSIBILITY_HALF_WINDOW + 1`` rows whose prices are all valid
+    (the whole file when it is shorter); ``field`` is the first such price of the row."""
+    columns = _price_columns(frame)
+    valid = frame.filter(~_bad_any(columns))
+    if valid.height == 0:
+        return _empty_items()
+    reference = valid.select(
+        pl.col(_POS),
+        pl.col("close")
+        .rolling_median(window_size=2 * PLAUSIBILITY_HALF_WINDOW + 1, min_samples=1, center=True)
+        .alias("_median"),
+    )
+    frame = frame.join(reference, on=_POS, how="left", maintain_order="left").with_columns(
+        pl.col("_median").forward_fill().backward_fill()
+    )
+
+    def off(name: str) -> pl.Expr:
+        ratio = pl.col(name) / pl.col("_median")
+        return (
+            ((ratio >= max_ratio) | (ratio <= 1 / max_ratio))
+            & ~_bad_value(name)
+            & (pl.col("_median") > 0)
+        ).fill_null(False)
+
+    masks = [(c, off(c)) for c in columns]
+    rows = frame.filter(pl.any_horizontal([m for _, m in masks]))
+    if rows.height == 0:
+        return _empty_items()
+    flags = rows.select([m.alias(c) for c, m in masks])
+    details = []
+    for values, hits, median in zip(
+        rows.select(columns).iter_rows(),
+        flags.iter_rows(),
+        rows.get_column("_median"),
+        strict=True,
+    ):
+        parts = []
+        for name, value, hit in zip(columns, values, hits, strict=True):
+            if not hit:
+                continue
+            above = value >= median
+            factor = value / median if above else median / value
+            parts.append(
+                f"{name} {value:.6g} is {_factor_text(factor)} times {'above' if above else 'below'}"
+            )
+        details.append(
+            f"{', '.join(parts)} the median close {median:.6g} of the rows around it "
+            f"(the limit is a factor of {max_ratio:g} either way)"
+        )
+    rows = rows.with_columns(pl.Series("_detail", details, dtype=pl.String))
+    return _items(
+        rows,
+        kind="implausible_price",
+        severity="error",
+        # the first implausible field (an error names one; the detail lists them all)
+        field=pl.coalesce([pl.when(m).then(pl.lit(c)) for c, m in masks]),
+        detail=pl.col("_detail"),
         action=action,
     )
 
@@ -1288,6 +1409,7 @@ def validate_bars(
     jump_z: float = DEFAULT_JUMP_Z,
     gap_tolerance: dt.timedelta = DEFAULT_GAP_TOLERANCE,
     row_kind: str = "row",
+    max_price_ratio: float = MAX_PRICE_RATIO,
 ) -> ValidationReport:
     """List every problem of a raw bars frame without changing it.
 
@@ -1295,7 +1417,9 @@ def validate_bars(
     ``timeframe`` defaults to the most common spacing of the distinct timestamps. Duplicates,
     out-of-order rows, bad prices, OHLC inconsistencies and flat candles are checked on every
     row; spikes and gaps on the distinct timestamps in time order (the first copy of each),
-    spikes only on rows with valid prices that are not flat candles. ``row_kind`` ("line",
+    spikes only on rows with valid prices that are not flat candles. A row with an implausible
+    price (``max_price_ratio`` or more times off the median close) is reported as such and
+    left out of the OHLC, flat-candle and spike checks. ``row_kind`` ("line",
     "record" or "row") is how texts name ``row``. Raises ``BarsSchemaError`` for a frame that is
     not bars and ``DataError`` for a missing timestamp. See the module docstring for the kinds,
     severities, closure windows and the spike test.
@@ -1309,10 +1433,16 @@ def validate_bars(
     )
     parts.append(duplicates)
     parts.append(_bad_price_items(ordered, ""))
-    parts.append(_ohlc_items(ordered, ""))
-    parts.append(_flat_items(ordered, tf, gap_tolerance, ""))
+    implausible = _implausible_items(ordered, max_price_ratio, "")
+    parts.append(implausible)
+    plausible = _drop_positions(ordered, implausible)
+    parts.append(_ohlc_items(plausible, ""))
+    parts.append(_flat_items(plausible, tf, gap_tolerance, ""))
     unique = ordered.filter(pl.col(_POS) == pl.col(_POS).min().over("ts"))
-    parts.append(_spike_items(_spike_rows(unique, tf, spike_z, jump_z), ""))
+    parts.append(
+        _spike_items(_spike_rows(_drop_positions(unique, implausible), tf, spike_z, jump_z), "")
+    )
+    gaps = pl.DataFrame(schema=GAP_SCHEMA)
     if tf is not None:
         gaps = _gap_frame(unique.get_column("ts"), tf, gap_tolerance)
         parts.append(_gap_items(unique, gaps, tf, ""))
@@ -1323,6 +1453,7 @@ def validate_bars(
         n_input=prepared.height,
         n_output=prepared.height,
         row_kind=row_kind,
+        gaps=gaps,
     )
 
 
@@ -1335,13 +1466,16 @@ def _raise_at(
 ) -> None:
     """Raise a DataError at the first item (``frame`` gives the offending value)."""
     first = items.row(0, named=True)
+    text = f"{message}: {first['detail']}"
+    if items.height > 1:
+        text = f"{text} ({items.height} rows like this in all; the first is shown)"
     value = None
     if first["field"] is not None and first["field"] in frame.columns:
         match = frame.filter(pl.col(_POS) == first[_POS])
         if match.height:
             value = match.get_column(first["field"])[0]
     raise DataError(
-        f"{message}: {first['detail']}",
+        text,
         file=source,
         row=first["row"],
         field=first["field"],
@@ -1464,8 +1598,9 @@ def clean_bars(
     Returns canonical bars (sorted, unique ``ts``, ``check_bars(out) == []``, no ``row`` column,
     a ``UInt32`` ``flags`` column OR-ed with any input flags) and the report of what was found
     and done, item by item. Steps, in order: sort (out-of-order rows flagged ``REORDERED``),
-    duplicates, bad prices, OHLC, flat candles, spikes, gaps; each step works on what the
-    previous ones kept, so spikes and gaps are those of the output. Every dropped row is an item
+    duplicates, implausible prices (an error by default), bad prices, OHLC, flat candles, spikes,
+    gaps; each step works on what the previous ones kept, so spikes and gaps are those of the
+    output. Every dropped row is an item
     with action "dropped": ``report.n_input == report.n_output + report.n_dropped -
     report.n_inserted``. The "error" policies raise ``DataError`` naming ``source``, the row
     (``row_kind``: "line", "record" or "row") and the field.
@@ -1502,7 +1637,15 @@ def clean_bars(
         _add_flag(pl.col(_POS).is_in(kept.get_column(_POS).implode()), Flag.DUPLICATE_RESOLVED)
     )
 
-    # 3. Bad prices.
+    # 3. Implausible prices (before anything is computed from the prices).
+    implausible = _implausible_items(work, policy.max_price_ratio, "dropped")
+    if implausible.height:
+        if policy.implausible_prices == "error":
+            _raise_at(implausible.sort(_POS), "implausible price", source, row_kind, work)
+        work = _drop_positions(work, implausible)
+    parts.append(implausible)
+
+    # 4. Bad prices.
     bad = _bad_price_items(work, "dropped")
     if bad.height:
         if policy.bad_prices == "error":
@@ -1514,7 +1657,7 @@ def clean_bars(
             work = _drop_positions(work, bad.filter(pl.col("action") == "dropped"))
     parts.append(bad)
 
-    # 4. OHLC consistency.
+    # 5. OHLC consistency.
     action = {"fix": "repaired", "drop": "dropped", "error": ""}[policy.ohlc]
     ohlc = _ohlc_items(work, action)
     if ohlc.height:
@@ -1523,7 +1666,7 @@ def clean_bars(
         work = _fix_ohlc(work, ohlc) if policy.ohlc == "fix" else _drop_positions(work, ohlc)
     parts.append(ohlc)
 
-    # 5. Flat zero-volume candles.
+    # 6. Flat zero-volume candles.
     flats = _flat_items(
         work, tf, policy.gap_tolerance, "dropped" if policy.flat_candles == "drop" else "kept"
     )
@@ -1531,7 +1674,7 @@ def clean_bars(
         work = _drop_positions(work, flats)
     parts.append(flats)
 
-    # 6. Spikes (measured on the rows kept so far, flat candles excluded).
+    # 7. Spikes (measured on the rows kept so far, flat candles excluded).
     spike_action = {"flag": "flagged", "interpolate": "interpolated", "drop": "dropped"}[
         policy.spikes
     ]
@@ -1555,8 +1698,9 @@ def clean_bars(
             )
     parts.append(spike_items)
 
-    # 7. Gaps of what is left.
+    # 8. Gaps of what is left.
     n_inserted = 0
+    output_gaps = pl.DataFrame(schema=GAP_SCHEMA)
     if tf is not None and work.height >= 2:
         gaps = _gap_frame(work.get_column("ts"), tf, policy.gap_tolerance)
         fill = (
@@ -1583,6 +1727,7 @@ def clean_bars(
             )
             work = pl.concat([work, inserted]).sort("ts")
         parts.append(gap_items)
+        output_gaps = gaps.filter(~pl.col("_fill")).drop("_fill")
 
     out = work.drop("row", _POS).rename({_FLAGS: "flags"})
     out = ensure_bars(canonical_column_order(out), source=source)
@@ -1594,5 +1739,6 @@ def clean_bars(
         n_output=out.height,
         n_inserted=n_inserted,
         row_kind=row_kind,
+        gaps=output_gaps,
     )
     return out, report

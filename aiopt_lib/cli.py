@@ -26,7 +26,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import TypeVar
+
+from pydantic import ValidationError
 
 from aiopt_lib import __version__
 from aiopt_lib.errors import AioptError
@@ -34,6 +37,7 @@ from aiopt_lib.errors import AioptError
 EXIT_OK = 0
 EXIT_PROBLEMS = 1
 EXIT_ERROR = 2
+EXIT_INTERRUPTED = 130
 
 
 def _source_options(parser: argparse.ArgumentParser) -> None:
@@ -55,11 +59,126 @@ def _source_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--start", help="first time to keep (inclusive), ISO")
     parser.add_argument("--end", help="time to stop at (exclusive), ISO")
+    _reader_options(parser)
+
+
+def _reader_options(parser: argparse.ArgumentParser, *, format_and_tz: bool = False) -> None:
+    """How to read a file: --columns and --time-format (and --format, --tz where not yet there)."""
+    if format_and_tz:
+        parser.add_argument(
+            "--format", help="force the format: dukascopy_csv, histdata, mt4, mt5, generic, parquet"
+        )
+        parser.add_argument(
+            "--tz",
+            help="time zone of naive timestamps in the file (default: the format's, else UTC)",
+        )
+    parser.add_argument(
+        "--columns",
+        metavar="KEY=NAME,...",
+        help="name the file's columns, e.g. 'ts=Date,close=Adj Close' (keys: ts, open, high, low, "
+        "close, volume, bid_*, ask_*, spread; ts=Date+Time for a date and a time column, "
+        "#N for the N-th column)",
+    )
+    parser.add_argument(
+        "--time-format", help="strftime pattern of the timestamps, e.g. '%%d/%%m/%%Y %%H:%%M'"
+    )
+
+
+def _parse_columns(text: str) -> dict[str, object]:
+    """``ts=Date,close=Adj Close`` -> ``{"ts": "Date", "close": "Adj Close"}``; ``ts=D+T`` is a pair."""
+    from aiopt_lib.errors import ConfigError
+
+    mapping: dict[str, object] = {}
+    for item in text.split(","):
+        if not item.strip():
+            continue
+        key, sep, name = item.partition("=")
+        key, name = key.strip().lower(), name.strip()
+        if not sep or not key or not name:
+            raise ConfigError(
+                f"--columns: {item.strip()!r} is not KEY=NAME; "
+                "write e.g. --columns 'ts=Date,close=Adj Close'"
+            )
+        if key in mapping:
+            raise ConfigError(f"--columns: {key!r} is given twice")
+        pair = tuple(part.strip() for part in name.split("+"))
+        mapping[key] = pair if key == "ts" and len(pair) == 2 and all(pair) else name
+    if not mapping:
+        raise ConfigError("--columns: no KEY=NAME given; write e.g. --columns 'ts=Date'")
+    return mapping
+
+
+def _reader_kwargs(args: argparse.Namespace) -> dict[str, object]:
+    """--format, --tz, --columns, --time-format as load_bars/read_source keyword arguments."""
+    kwargs: dict[str, object] = {
+        name: getattr(args, name)
+        for name in ("format", "tz", "time_format")
+        if getattr(args, name, None) is not None
+    }
+    if getattr(args, "columns", None) is not None:
+        kwargs["columns"] = _parse_columns(args.columns)
+    return kwargs
 
 
 def _source_kwargs(args: argparse.Namespace) -> dict[str, object]:
-    names = ("format", "symbol", "timeframe", "side", "tz", "start", "end")
-    return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
+    names = ("symbol", "timeframe", "side", "start", "end")
+    kwargs = {name: getattr(args, name) for name in names if getattr(args, name) is not None}
+    return {**kwargs, **_reader_kwargs(args)}
+
+
+_T = TypeVar("_T")
+
+
+def _read_noting(read: Callable[[], _T], notes: list[str]) -> _T:
+    """``read()``, with the readers' SourceWarnings (an assumed time zone, no volume column)
+    appended to ``notes`` for the report instead of printed as Python warnings."""
+    import warnings
+
+    from aiopt_lib.sources import SourceWarning
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = read()
+    for warning in caught:
+        if issubclass(warning.category, SourceWarning):
+            notes.append(" ".join(str(warning.message).split()))
+        else:
+            warnings.warn_explicit(
+                warning.message, warning.category, warning.filename, warning.lineno
+            )
+    return result
+
+
+# search settings by their command-line option (the others come from --config files only)
+_SEARCH_OPTIONS = {
+    "n_trials": "--trials",
+    "n_folds": "--folds",
+    "walk_forward": "--walk-forward",
+    "min_trades": "--min-trades",
+    "pruner": "--pruner",
+    "seed": "--seed",
+    "study_name": "--study",
+    "objective": "--objective",
+}
+
+
+def _settings_problems(
+    exc: ValidationError, config_file: str | None, from_flags: set[str] | frozenset[str]
+) -> str:
+    """pydantic's report as one line a CLI user can act on: each bad setting by its option
+    (``from_flags``: the settings given as options; the others came from ``config_file``)."""
+    problems = []
+    for error in exc.errors():
+        message = str(error["msg"]).removeprefix("Value error, ")
+        if message.startswith("Input should be"):  # pydantic's type errors: show the value
+            message = f"{message[0].lower()}{message[1:]}, got {error['input']!r}"
+        field = str(error["loc"][0]) if error["loc"] else ""
+        if field in from_flags:
+            where = _SEARCH_OPTIONS[field]
+        else:
+            where = f"{field} in {config_file}" if config_file else field or "search settings"
+        problems.append(f"{where}: {message}")
+    return "; ".join(problems)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -127,6 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--timeframe", help="resample the bars to this timeframe first")
     build.add_argument("--start", help="first time to keep (inclusive), ISO")
     build.add_argument("--end", help="time to stop at (exclusive), ISO")
+    _reader_options(build, format_and_tz=True)
 
     images = dataset_commands.add_parser(
         "images", help="render every sample's chart image (resumable, idempotent)"
@@ -158,6 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--timeframe", help="resample the bars to this timeframe first")
     search.add_argument("--start", help="first time to keep (inclusive), ISO")
     search.add_argument("--end", help="time to stop at (exclusive), ISO")
+    _reader_options(search, format_and_tz=True)
     search.add_argument(
         "--template",
         default="ema_cross",
@@ -239,9 +360,20 @@ def _cmd_info(args: argparse.Namespace) -> int:
     from aiopt_lib.explore import describe_bars
     from aiopt_lib.sources import load_bars_report
 
-    loaded = load_bars_report(args.source, **_source_kwargs(args))
+    warned: list[str] = []
+    loaded = _read_noting(lambda: load_bars_report(args.source, **_source_kwargs(args)), warned)
     bars = loaded.bars
     summary = describe_bars(bars, symbol=args.symbol or "EURUSD").to_dicts()[0]
+    notes = [*warned, *loaded.alerts()]
+    if bars.height == 0 and loaded.raw_rows == 0:
+        notes.append(
+            "no bars: the source is empty (Dukascopy serves empty files for hours without ticks)"
+        )
+    elif bars.height == 0:
+        notes.append(
+            f"no bars: the source's {loaded.raw_rows} rows all lie outside --start/--end "
+            "or were dropped by the cleaning"
+        )
     info = {
         "source": loaded.source,
         "format": loaded.format,
@@ -249,12 +381,17 @@ def _cmd_info(args: argparse.Namespace) -> int:
         "columns": bars.columns,
         **{k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in summary.items()},
         "cleaning": loaded.report.summary(),
+        "notes": notes,
     }
     if args.json:
         print(json.dumps(info, indent=2, default=str))
     else:
         width = max(len(k) for k in info)
         for key, value in info.items():
+            if key == "notes":
+                for note in value:
+                    print(f"{'note':<{width}}  {note}")
+                continue
             if isinstance(value, float):
                 value = f"{value:.6g}"
             print(f"{key:<{width}}  {value}")
@@ -267,7 +404,9 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
     kwargs = _source_kwargs(args)
     timeframe = kwargs.pop("timeframe", None)
-    raw = read_source(args.source, timeframe=timeframe, **kwargs)
+    warned: list[str] = []
+    raw = _read_noting(lambda: read_source(args.source, timeframe=timeframe, **kwargs), warned)
+    notes = [*warned, *raw.notes]
     frame = raw.frame
     if raw.is_ticks:
         from aiopt_lib.resample import ticks_to_bars
@@ -275,9 +414,12 @@ def _cmd_validate(args: argparse.Namespace) -> int:
         frame = ticks_to_bars(frame, timeframe or "1m", price=args.side or "bid")
     report = validate_bars(frame, source=raw.source, timeframe=timeframe, row_kind=raw.row_kind)
     if args.json:
-        print(json.dumps(report.to_dict(), indent=2, default=str))
+        print(json.dumps({**report.to_dict(), "notes": notes}, indent=2, default=str))
     else:
-        print(report.to_text(max_items=args.max_items))
+        for note in notes:
+            print(f"note: {note}")
+        more = f"--max-items {report.issues.height} or --json lists them all"
+        print(report.to_text(max_items=args.max_items, more=more))
     return EXIT_OK if report.is_clean else EXIT_PROBLEMS
 
 
@@ -339,6 +481,7 @@ def _cmd_dataset_build(args: argparse.Namespace) -> int:
     options = {
         k: getattr(args, k) for k in ("symbol", "timeframe", "start", "end") if getattr(args, k)
     }
+    options.update(_reader_kwargs(args))
     loaded = load_bars_report(args.bars, **options)
     config = DatasetConfig.from_mapping(load_config_file(args.config))
     symbol = (args.symbol or loaded.symbol or config.symbol).upper()
@@ -402,6 +545,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
     options = {
         k: getattr(args, k) for k in ("symbol", "timeframe", "start", "end") if getattr(args, k)
     }
+    options.update(_reader_kwargs(args))
     bars = load_bars_report(args.bars, **options).bars
     template_path = Path(args.template)
     template = (
@@ -425,11 +569,12 @@ def _cmd_search(args: argparse.Namespace) -> int:
         "study_name": args.study,
         "objective": args.objective.split(",") if args.objective else None,
     }
-    settings.update({k: v for k, v in flags.items() if v is not None})
+    given = {k: v for k, v in flags.items() if v is not None}
+    settings.update(given)
     try:
         config = SearchConfig.model_validate(settings)
-    except ValueError as exc:  # pydantic's ValidationError
-        raise AioptError(f"search settings: {' '.join(str(exc).split())}") from None
+    except ValidationError as exc:
+        raise AioptError(_settings_problems(exc, args.config, set(given))) from None
     predictions = None
     if args.predictions:
         from aiopt_lib.streams import read_stream
@@ -491,7 +636,16 @@ def _cmd_pine_check(args: argparse.Namespace) -> int:
     from aiopt_lib.pine import check_pine, fix_pine
 
     path = Path(args.file)
-    text = path.read_text()
+    if path.is_dir():
+        raise AioptError(f"{path}: is a directory; give a .pine file")
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise AioptError(
+            f"{path}: not a Pine Script text file (byte 0x{raw[exc.start]:02x} at offset "
+            f"{exc.start} is not UTF-8)"
+        ) from None
     if args.fix:
         text, fixes = fix_pine(text, args.version)
         for fix in fixes:
@@ -572,19 +726,36 @@ def main(argv: Sequence[str] | None = None) -> int:
         handler = _cmd_run
     try:
         return handler(args)
-    except (AioptError, FileNotFoundError, ValueError) as exc:
+    except KeyboardInterrupt as exc:
+        # a search stopped on Ctrl-C says what it kept; anything else was simply cut short
+        kept = f": {exc}" if str(exc) else ""
+        print(f"aiopt: interrupted{kept}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as exc:
         if args.debug:
             raise
-        message = (
-            str(exc)
-            if not isinstance(exc, FileNotFoundError)
-            else f"{exc.filename}: file not found"
-        )
-        print(f"aiopt: error: {' '.join(message.split())}", file=sys.stderr)
+        print(f"aiopt: error: {_one_line(exc)}", file=sys.stderr)
         return EXIT_ERROR
-    except KeyboardInterrupt:
-        print("aiopt: interrupted", file=sys.stderr)
-        return 130
+
+
+def _one_line(exc: Exception) -> str:
+    """The error as one line: ours as written, the OS's naming the file, anything else with its
+    type and a pointer to --debug (an unexpected error is a bug worth a traceback)."""
+    if isinstance(exc, ValidationError):
+        message = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'value'}: "
+            f"{str(e['msg']).removeprefix('Value error, ')}"
+            for e in exc.errors()
+        )
+    elif isinstance(exc, FileNotFoundError) and exc.filename:
+        message = f"{exc.filename}: file not found"
+    elif isinstance(exc, OSError) and exc.filename:
+        message = f"{exc.filename}: {exc.strerror or exc}"
+    elif isinstance(exc, AioptError | ValueError):
+        message = str(exc)
+    else:
+        message = f"{type(exc).__name__}: {exc} (run with --debug for the traceback)"
+    return " ".join(message.split())
 
 
 if __name__ == "__main__":

@@ -21,7 +21,8 @@ def pip_size(symbol: str | None) -> float:
 
 def describe_bars(bars: pl.DataFrame, *, symbol: str | None = "EURUSD") -> pl.DataFrame:
     """One-row summary: rows, first/last bar, timeframe, price range, mean absolute return, and
-    mean spread and range in pips."""
+    mean spread and range in pips. Empty bars (a legal empty Dukascopy hour) give ``bars`` 0 and
+    nulls."""
     ensure_bars(bars)
     pip = pip_size(symbol)
     timeframe = infer_timeframe(bars)
@@ -37,7 +38,9 @@ def describe_bars(bars: pl.DataFrame, *, symbol: str | None = "EURUSD") -> pl.Da
     )
     if "spread" in bars.columns:
         stats = stats.with_columns(
-            pl.lit(bars["spread"].mean() / pip, dtype=pl.Float64).alias("mean_spread_pips")
+            (bars.select(pl.col("spread").mean()).to_series().cast(pl.Float64) / pip).alias(
+                "mean_spread_pips"
+            )
         )
     return stats.with_columns(
         pl.lit(timeframe_label(timeframe) if timeframe else None, dtype=pl.String).alias(

@@ -2,12 +2,15 @@
 
 Every reader returns a **raw** frame: canonical column names and dtypes (``ts`` as
 ``Datetime("us", "UTC")``, prices and volume ``Float64``) plus an ``Int64`` column ``row`` that
-locates each row in the source (the 1-based line number for text files, the 0-based record index for
-Parquet files and in-memory frames), in source order. Readers never sort, de-duplicate or repair:
+locates each row in the source (the 1-based line number for text files, the 0-based row index for
+Parquet files and in-memory frames, the 0-based record index for Dukascopy ``.bi5`` files), in
+source order. Readers never sort, de-duplicate or repair:
 that is :func:`aiopt_lib.cleaning.clean_bars`'s job, which reports what it did by ``row``.
 
-Bad input raises :class:`~aiopt_lib.errors.DataError` naming the file, the line (or record) and the
-field, with the offending value.
+Bad input raises :class:`~aiopt_lib.errors.DataError` naming the file, the line (``line N``, text
+files), row (``row N``, Parquet and frames) or record (``record N``, ``.bi5``) and the field, with
+the offending value. A timestamp column must keep one style all the way down: a UTC offset on
+every value or on none, and one epoch unit; a change is an error at the first value that differs.
 
 Supported sources (see :func:`read_source`):
 
@@ -126,11 +129,14 @@ class RawSource:
     """What a reader produced, before cleaning.
 
     ``frame`` holds canonical columns plus ``row`` (bars), or canonical ticks (tick sources, no
-    ``row``). ``row_kind`` is ``"line"`` (1-based line numbers) or ``"record"`` (0-based index).
+    ``row``). ``row_kind`` is ``"line"`` (1-based line numbers of text files), ``"row"`` (0-based
+    row index of Parquet files, frames and samples) or ``"record"`` (0-based record index of
+    Dukascopy ``.bi5`` files).
     ``symbol``/``side`` are what the caller gave, else what the source says (Parquet metadata, the
     sample, a candle file's name) or its file name suggests (``EURUSD``, ``_ASK_``); None when
     unknown. ``timeframe`` is the bar length the source declares (None when it does not).
-    ``ignored_columns`` lists source columns that were not read.
+    ``ignored_columns`` lists source columns that were not read. ``notes`` says what the reader
+    decided on its own that the user should know (a time column found by its content).
     """
 
     frame: pl.DataFrame
@@ -141,6 +147,7 @@ class RawSource:
     side: str | None = None
     timeframe: str | None = None
     ignored_columns: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()
 
     @property
     def is_ticks(self) -> bool:
@@ -153,7 +160,7 @@ class LoadedBars:
     """Canonical bars and the cleaning report of one :func:`load_bars_report` call.
 
     ``raw_rows`` counts the rows (or ticks) the reader produced, before trimming to
-    ``start``/``end`` and before cleaning.
+    ``start``/``end`` and before cleaning. ``notes`` are the reader's (:attr:`RawSource.notes`).
     """
 
     bars: pl.DataFrame
@@ -163,6 +170,40 @@ class LoadedBars:
     format: str
     symbol: str | None = None
     side: str | None = None
+    notes: tuple[str, ...] = ()
+
+    def alerts(self) -> list[str]:
+        """What the user should look at, one sentence each (what :func:`load_bars` warns about).
+
+        The reader's notes, the counts when the cleaning changed the data, the price spikes it
+        flagged and kept, and holes of a week or more without bars
+        (:meth:`~aiopt_lib.cleaning.ValidationReport.long_gaps`).
+        """
+        report = self.report
+        alerts = list(self.notes)
+        if report.has_repairs or report.n_dropped:
+            counts = ", ".join(f"{k}={v}" for k, v in report.summary().items() if v)
+            alerts.append(f"cleaning changed the data ({counts})")
+        spikes = report.issues.filter(
+            (pl.col("kind") == "spike") & (pl.col("action").is_in(["flagged", ""]))
+        )
+        if spikes.height:
+            first = spikes.row(0, named=True)
+            alerts.append(
+                f"{spikes.height} price spike(s) flagged and kept, the first at "
+                f"{report.row_kind} {first['row']} ({first['ts']:%Y-%m-%d %H:%M}): "
+                f"{first['detail']}"
+            )
+        holes = report.long_gaps().sort("duration", descending=True)
+        if holes.height:
+            longest = holes.row(0, named=True)
+            days = longest["duration"] / dt.timedelta(days=1)
+            alerts.append(
+                f"{holes.height} hole(s) of a week or more without bars, the longest "
+                f"{days:.1f} days from {longest['gap_start']:%Y-%m-%d %H:%M} to "
+                f"{longest['gap_end']:%Y-%m-%d %H:%M}"
+            )
+        return alerts
 
 
 # ---------------------------------------------------------------------------------------------
@@ -265,7 +306,8 @@ def _localize(
             where,
             bad,
             field=field,
-            message=message + "; pass a fixed-offset tz= such as '+02:00' if the file ignores DST",
+            message=message
+            + "; pass a fixed offset such as tz='+02:00' (CLI: --tz +02:00) if the file ignores DST",
             values=naive.cast(pl.String),
         )
     return local.dt.convert_time_zone("UTC")
@@ -311,23 +353,48 @@ _TIME_FORMATS: tuple[_TimeFormat, ...] = (
 _TIME_FORMATS_BY_NAME = {f.name: f for f in _TIME_FORMATS}
 
 
-def _epoch_to_utc(numbers: pl.Series) -> pl.Series:
-    """Epoch numbers to UTC datetimes; the unit (s, ms, µs, ns) is chosen by the largest magnitude.
+_EPOCH_UNITS = ("seconds", "milliseconds", "microseconds", "nanoseconds")
 
-    Seconds up to 1e11 (year 5138), then milliseconds up to 1e14, microseconds up to 1e17, else
-    nanoseconds: one unit for the whole column.
+
+def _epoch_to_utc(numbers: pl.Series, where: _Where | None = None, field: str = "ts") -> pl.Series:
+    """Epoch numbers to UTC datetimes; the unit (s, ms, µs, ns) is read from the magnitude.
+
+    Seconds below 1e11 (year 5138), then milliseconds below 1e14, microseconds below 1e17, else
+    nanoseconds. The unit must be the same on every row: a value of another unit than the first
+    row's raises a ``DataError`` at that row (``where`` locates it).
     """
-    largest = numbers.cast(pl.Float64).abs().max()
-    largest = float(largest) if largest is not None else 0.0  # type: ignore[arg-type]
-    per_unit_us = (
-        1_000_000.0
-        if largest < 1e11
-        else 1_000.0
-        if largest < 1e14
-        else 1.0
-        if largest < 1e17
-        else 1e-3
+    magnitude = numbers.cast(pl.Float64).abs()
+    units = (
+        pl.select(
+            pl.when(magnitude < 1e11)
+            .then(0)
+            .when(magnitude < 1e14)
+            .then(1)
+            .when(magnitude < 1e17)
+            .then(2)
+            .otherwise(3)
+        )
+        .to_series()
+        .filter(numbers.is_not_null())
     )
+    unit = int(units[0]) if units.len() else 0
+    if where is not None and units.n_unique() > 1:
+        valid_rows = where.rows.filter(numbers.is_not_null())
+        valid = numbers.filter(numbers.is_not_null())
+        changed = units != unit
+        first = int(changed.arg_true()[0])
+        found = _EPOCH_UNITS[int(units[first])]
+        _raise_first(
+            _Where(where.file, valid_rows, where.row_kind),
+            changed,
+            field=field,
+            message=(
+                f"epoch unit changes: this value is in {found}, the first row's ({valid[0]}) in "
+                f"{_EPOCH_UNITS[unit]}; a time column must keep one unit"
+            ),
+            values=valid.cast(pl.String),
+        )
+    per_unit_us = (1_000_000.0, 1_000.0, 1.0, 1e-3)[unit]
     if numbers.dtype.is_integer():
         values = numbers.cast(pl.Int64)
         micros = values // 1000 if per_unit_us < 1 else values * int(per_unit_us)
@@ -372,7 +439,8 @@ def _parse_timestamps(
     if chosen is None:
         expected = "; ".join(f.example for f in candidates)
         raise DataError(
-            f"unrecognised timestamp format (expected {expected}); pass time_format=",
+            f"unrecognised timestamp format (expected {expected}); "
+            "give its strftime pattern with time_format= (CLI: --time-format)",
             file=where.file,
             row=int(where.rows[0]),
             field=field,
@@ -393,7 +461,7 @@ def _parse_timestamps(
             if not text.str.contains(r"\.").any()
             else text.cast(pl.Float64)
         )
-        return _epoch_to_utc(numbers).rename("ts")
+        return _epoch_to_utc(numbers, where, field).rename("ts")
     parts = text.str.extract_groups(anchored).struct.unnest()
 
     def group(name: str, default: str) -> pl.Expr:
@@ -429,6 +497,23 @@ def _parse_timestamps(
     )
     naive = parts.select(pl.col("base") + pl.duration(microseconds=pl.col("micros"))).to_series()
     has_offset = parts.get_column("has_offset")
+    if has_offset.any() and not has_offset.all():
+        with_offset = bool(has_offset[0])
+        style = (
+            "has no UTC offset, the rows before it carry one"
+            if with_offset
+            else "carries a UTC offset, the rows before it have none"
+        )
+        _raise_first(
+            where,
+            has_offset != with_offset,
+            field=field,
+            message=(
+                f"timestamp style changes: this one {style} (first row: {first!r}); every "
+                "timestamp of a file must carry an offset, or none"
+            ),
+            values=text,
+        )
     from_offset = (
         parts.select(
             (naive - pl.duration(minutes=pl.col("offset_minutes"))).dt.replace_time_zone("UTC")
@@ -593,7 +678,8 @@ def _sniff(first: str, second: str | None, line: int, path: Path) -> str:
         return "generic"
     raise DataError(
         f"cannot recognise the CSV format (known: {', '.join(CSV_FORMATS)}); "
-        "pass format= or columns= (a generic CSV needs a header line)",
+        "name the format with format= (CLI: --format) or the columns with columns= "
+        "(CLI: --columns); a generic CSV needs a header line",
         file=path,
         row=line,
         value=first,
@@ -682,18 +768,76 @@ class _Layout:
     ts: tuple[int, ...]
     values: dict[str, int]
     ignored: tuple[str, ...]
+    notes: tuple[str, ...] = ()
 
 
 def _find_header(names: Sequence[str], wanted: str, key: str) -> int:
-    """Position of a user-mapped column: exact name, then case-insensitive normalised name."""
+    """Position of a user-mapped column: exact name, then case-insensitive normalised name, then
+    ``#N`` (the N-th column, 1-based: how a column without a header name is named)."""
     if wanted in names:
         return list(names).index(wanted)
     normalised = [_normalise_name(n) for n in names]
     if _normalise_name(wanted) in normalised:
         return normalised.index(_normalise_name(wanted))
+    position = re.fullmatch(r"#(\d+)", str(wanted).strip())
+    if position and 1 <= int(position.group(1)) <= len(names):
+        return int(position.group(1)) - 1
     raise ConfigError(
-        f"columns[{key!r}] = {wanted!r} is not a column of the file; the header has {list(names)}"
+        f"{wanted!r} is not a column of the file (given for {key!r}); the header has {list(names)}"
     )
+
+
+# Time formats with separators are taken first: pure digits may be other numbers (ids, volumes).
+_CONTENT_TIME_FORMATS = (("iso", "dukascopy", "metatrader"), ("histdata",), ("epoch",))
+_EPOCH_RANGE = (dt.datetime(1990, 1, 1, tzinfo=dt.UTC), dt.datetime(2100, 1, 1, tzinfo=dt.UTC))
+
+
+def _looks_like_time(value: str, fmt: str) -> bool:
+    """True when ``value`` reads as a timestamp in ``fmt``; digits-only formats need a plausible
+    date (HistData with its time of day, epoch numbers between 1990 and 2100)."""
+    value = value.strip().strip('"').strip()
+    if not value or not re.fullmatch(_TIME_FORMATS_BY_NAME[fmt].pattern, value):
+        return False
+    if fmt == "histdata":
+        return " " in value and 1990 <= int(value[:4]) < 2100
+    if fmt == "epoch":
+        number = abs(float(value))
+        for per_second in (1, 1e3, 1e6, 1e9):
+            if number / per_second < 1e11:
+                break
+        low, high = (t.timestamp() for t in _EPOCH_RANGE)
+        return low <= number / per_second < high
+    return True
+
+
+def _time_column_by_content(
+    names: Sequence[str], first_values: Sequence[str], taken: set[int]
+) -> tuple[int, str] | None:
+    """The first column (not in ``taken``) whose first value reads as a timestamp, and a note
+    saying so; formats with separators win over digits-only ones."""
+    for group in _CONTENT_TIME_FORMATS:
+        for i, value in enumerate(first_values):
+            if i in taken or not any(_looks_like_time(value, f) for f in group):
+                continue
+            unnamed = names[i] == f"#{i + 1}"
+            label = (
+                f"column {i + 1} (no header name)" if unnamed else f"column {i + 1}, '{names[i]}'"
+            )
+            note = (
+                f"time taken from {label}: no column is named like a time, and its first value "
+                f"{value.strip()!r} reads as a timestamp; if that is wrong, name the time column "
+                f"with columns={{'ts': NAME}} (CLI: --columns ts=NAME)"
+            )
+            return i, note
+    return None
+
+
+def _value_positions(normalised: Sequence[str]) -> set[int]:
+    """Columns that the name matching gives to prices, volume, bid/ask or spread."""
+    known = {a for aliases in _VALUE_ALIASES.values() for a in aliases} | set(
+        OPTIONAL_FLOAT_COLUMNS
+    )
+    return {i for i, n in enumerate(normalised) if n in known}
 
 
 def _layout(
@@ -711,13 +855,19 @@ def _layout(
     mapping = dict(columns or {})
     unknown = sorted(set(mapping) - _MAPPABLE)
     if unknown:
-        raise ConfigError(f"columns= has unknown key(s) {unknown}; use {sorted(_MAPPABLE)}")
+        raise ConfigError(
+            f"columns (CLI: --columns) has unknown key(s) {unknown}; use {sorted(_MAPPABLE)}"
+        )
     ts: tuple[int, ...]
+    notes: tuple[str, ...] = ()
     if "ts" in mapping:
         wanted = mapping.pop("ts")
         pair = (wanted,) if isinstance(wanted, str) else tuple(wanted)
         if not 1 <= len(pair) <= 2:
-            raise ConfigError("columns['ts'] must be one column name or a (date, time) pair")
+            raise ConfigError(
+                "the time column ('ts' of columns) must be one column name or a (date, time) "
+                "pair (CLI: --columns ts=NAME or ts=DATE+TIME)"
+            )
         ts = tuple(_find_header(names, w, "ts") for w in pair)
     elif (
         "date" in normalised
@@ -728,12 +878,21 @@ def _layout(
     else:
         found = next((normalised.index(a) for a in _TS_ALIASES if a in normalised), None)
         if found is None:
-            raise DataError(
-                f"no time column found (looked for {', '.join(_TS_ALIASES)}); pass columns={{'ts': ...}}",
-                file=path,
-                row=header_line,
-                value=list(names),
+            mapped = {_find_header(names, w, k) for k, w in mapping.items()}
+            by_content = _time_column_by_content(
+                names, first_values, mapped | _value_positions(normalised)
             )
+            if by_content is None:
+                raise DataError(
+                    f"no time column found (none is named {', '.join(_TS_ALIASES)}, and no "
+                    "column's first value reads as a timestamp); name it with "
+                    "columns={'ts': NAME} (CLI: --columns ts=NAME)",
+                    file=path,
+                    row=header_line,
+                    value=list(names),
+                )
+            found, note = by_content
+            notes = (note,)
         ts = (found,)
     values: dict[str, int] = {
         name: _find_header(names, wanted, name) for name, wanted in mapping.items()
@@ -760,9 +919,10 @@ def _layout(
     missing = [c for c in PRICE_COLUMNS if c not in values]
     if missing:
         raise DataError(
-            f"no column found for {missing}; pass columns={{...}} to name them",
+            f"no column found for {missing}; name them with columns={{'{missing[0]}': NAME}} "
+            f"(CLI: --columns {missing[0]}=NAME)",
             file=path,
-            row=1,
+            row=header_line,
             value=list(names),
         )
     for group in (BID_COLUMNS, ASK_COLUMNS):
@@ -774,7 +934,7 @@ def _layout(
                 row=header_line,
             )
     ignored = tuple(n for i, n in enumerate(names) if i not in taken)
-    return _Layout(ts=ts, values=values, ignored=ignored)
+    return _Layout(ts=ts, values=values, ignored=ignored, notes=notes)
 
 
 def _with_record_index(frame: pl.DataFrame) -> pl.DataFrame:
@@ -797,7 +957,7 @@ def _metatrader_tz_warning(tz: str | None, fmt: str) -> None:
     if tz is None:
         _warn(
             f"{fmt} times are in the broker's server time, which aiopt cannot know: reading them as UTC. "
-            "Pass tz= (e.g. tz='Europe/Helsinki' or tz='+02:00') to convert them."
+            "Pass tz= (e.g. tz='Europe/Helsinki' or tz='+02:00'; CLI: --tz) to convert them."
         )
 
 
@@ -847,11 +1007,13 @@ def _read_with_header(
     time_format: str | None,
     separator: str | None,
     digits: int | None,
-) -> tuple[pl.DataFrame, tuple[str, ...]]:
+) -> tuple[pl.DataFrame, tuple[str, ...], tuple[str, ...]]:
+    """The frame, the ignored columns and the notes of a CSV with a header line."""
     header_line = int(lines.get_column("line")[0])
     header = str(lines.get_column("text")[0]).lstrip("\ufeff")
     sep = separator or ("\t" if fmt == "mt5" and "\t" in header else _sniff_separator(header))
-    names = [n.strip().strip('"').strip() for n in header.split(sep)]
+    # a column without a header name (the index pandas' to_csv() writes) is called "#N"
+    names = [n.strip().strip('"').strip() or f"#{i + 1}" for i, n in enumerate(header.split(sep))]
     data = lines.slice(1)
     if data.height == 0:
         raise DataError(
@@ -893,7 +1055,7 @@ def _read_with_header(
             f"{path}: no volume column (looked for {', '.join(_VALUE_ALIASES['volume'])}); volume set to 0.0"
         )
         values["volume"] = pl.Series("volume", [0.0] * table.height, dtype=pl.Float64)
-    return _raw_frame(ts, values, table.get_column("row")), ignored
+    return _raw_frame(ts, values, table.get_column("row")), ignored, layout.notes
 
 
 def _mt5_layout(names: Sequence[str], path: Path, header_line: int) -> _Layout:
@@ -904,7 +1066,7 @@ def _mt5_layout(names: Sequence[str], path: Path, header_line: int) -> _Layout:
         raise DataError(
             f"not a MetaTrader 5 export: missing {missing or ['<TICKVOL>']}",
             file=path,
-            row=1,
+            row=header_line,
             value=list(names),
         )
     ts = (normalised.index("date"),) + ((normalised.index("time"),) if "time" in normalised else ())
@@ -982,12 +1144,16 @@ def read_csv_source(
       ``<SPREAD> × 10**-digits`` with ``digits`` = the most decimals among the price strings
       (override with ``digits=``).
     * ``"generic"``: a header names the columns, matched case-insensitively: time from ``ts``,
-      ``timestamp``, ``datetime``, ``time``, ``date`` ... or a ``date`` + ``time`` pair; ``open``/``o``,
+      ``timestamp``, ``datetime``, ``time``, ``date`` ... or a ``date`` + ``time`` pair; when no
+      name matches, the first column whose first value reads as a timestamp (the unnamed index
+      column that pandas' ``to_csv()`` writes), said in ``RawSource.notes``. A column without a
+      header name is called ``#N`` (its 1-based position); ``open``/``o``,
       ``high``/``h``, ``low``/``l``, ``close``/``c``/``price``, ``volume``/``vol``/``tickvol``...;
       ``bid_*``, ``ask_*`` and ``spread`` (price units) are kept when named so. Timestamps: ISO 8601
       with or without ``T``, with ``Z``, an offset or naive (naive = ``tz``, default UTC); also
       ``DD.MM.YYYY HH:MM:SS``, ``YYYY.MM.DD HH:MM``, ``YYYYMMDD HHMMSS`` and epoch seconds /
-      milliseconds (by magnitude). The format of the first row must hold for every row.
+      milliseconds (by magnitude). The format of the first row must hold for every row, with
+      a UTC offset on every row or on none, and one epoch unit.
       ``columns={"ts": "Gmt time", "open": "O", ...}`` (or ``{"ts": ("Date", "Time")}``) overrides
       the name matching. A file without a volume column gets ``volume`` = 0.0 and a
       :class:`SourceWarning`: many price-only exports have none, and 0.0 is what the datafeed
@@ -1013,10 +1179,11 @@ def read_csv_source(
         fmt = _sniff(texts[0], second, int(lines.get_column("line")[0]), path)
     if fmt in ("histdata", "mt4"):
         if columns is not None:
-            raise ConfigError(f"columns= needs a header line; {fmt} files have none")
+            raise ConfigError(f"columns (CLI: --columns) need a header line; {fmt} files have none")
         frame, ignored = _read_headerless(path, lines, fmt, tz, time_format, separator)
+        notes: tuple[str, ...] = ()
     else:
-        frame, ignored = _read_with_header(
+        frame, ignored, notes = _read_with_header(
             path, lines, fmt, tz, columns, time_format, separator, digits
         )
     return RawSource(
@@ -1027,6 +1194,7 @@ def read_csv_source(
         symbol=symbol or _guess_symbol(path),
         side=side or _guess_side(path),
         ignored_columns=ignored,
+        notes=notes,
     )
 
 
@@ -1057,7 +1225,7 @@ def _frame_ts(
     if dtype == pl.String:
         return _parse_timestamps(column, where, name, tz=tz, time_format=time_format)
     if dtype.is_numeric():
-        return _epoch_to_utc(column).rename("ts")
+        return _epoch_to_utc(column, where, name).rename("ts")
     raise DataError(
         f"time column has dtype {dtype}, expected datetime, date, string or epoch numbers",
         file=where.file,
@@ -1092,31 +1260,50 @@ def _frame_to_raw(
     tz: str | None,
     columns: Mapping[str, Any] | None,
     time_format: str | None,
-) -> tuple[pl.DataFrame, tuple[str, ...]]:
-    """A table (Parquet or in-memory) as a raw bars frame with ``row`` = record index, or as ticks."""
+) -> tuple[pl.DataFrame, tuple[str, ...], tuple[str, ...]]:
+    """A table (Parquet or in-memory) as a raw bars frame with ``row`` = row index, or as ticks;
+    also the ignored columns and the notes."""
     if frame.height == 0:
         raise DataError("no data rows", file=label)
     names = frame.columns
     normalised = [_normalise_name(n) for n in names]
-    where = _Where(label, pl.Series("row", range(frame.height), dtype=pl.Int64), "record")
+    where = _Where(label, pl.Series("row", range(frame.height), dtype=pl.Int64), "row")
     mapping = dict(columns or {})
+    notes: tuple[str, ...] = ()
     if "ts" in mapping:
         ts_name = names[_find_header(names, mapping.pop("ts"), "ts")]
     else:
         found = next(
             (normalised.index(a) for a in (*_TS_ALIASES, "index") if a in normalised), None
         )
-        datetimes = [n for n in names if isinstance(frame.schema[n], pl.Datetime)]
-        if found is None and len(datetimes) == 1:
+        datetimes = [n for n in names if isinstance(frame.schema[n], pl.Datetime | pl.Date)]
+        if found is not None:
+            ts_name = names[found]
+        elif len(datetimes) == 1:
             ts_name = datetimes[0]
-        elif found is None:
-            raise DataError(
-                f"no time column found (looked for {', '.join(_TS_ALIASES)}); pass columns={{'ts': ...}}",
-                file=label,
-                value=list(names),
+            notes = (
+                f"time taken from column {ts_name!r}, the only date/time column (no column is "
+                "named like a time); if that is wrong, name the time column with "
+                "columns={'ts': NAME} (CLI: --columns ts=NAME)",
             )
         else:
-            ts_name = names[found]
+            # string columns only: numbers in a table are never taken for epoch times unasked
+            strings = [str(frame[0, n]) if frame.schema[n] == pl.String else "" for n in names]
+            by_content = (
+                None
+                if datetimes
+                else _time_column_by_content(names, strings, _value_positions(normalised))
+            )
+            if by_content is None:
+                several = f" (several date/time columns: {datetimes})" if datetimes else ""
+                raise DataError(
+                    f"no time column found{several}: none is named "
+                    f"{', '.join(_TS_ALIASES)}; name it with columns={{'ts': NAME}} "
+                    "(CLI: --columns ts=NAME)",
+                    file=label,
+                    value=list(names),
+                )
+            ts_name, notes = names[by_content[0]], (by_content[1],)
     ts = _frame_ts(frame, ts_name, where, _parse_tz(tz), time_format)
 
     lowered = dict(zip(normalised, names, strict=True))
@@ -1130,7 +1317,7 @@ def _frame_to_raw(
                 ticks[c] = pl.Series(c, [0.0] * frame.height, dtype=pl.Float64)
         out = pl.DataFrame([ts, *[s.rename(n) for n, s in ticks.items()]]).select(TICK_COLUMNS)
         ignored = tuple(n for n in names if n != ts_name and _normalise_name(n) not in TICK_COLUMNS)
-        return out, ignored
+        return out, ignored, notes
 
     layout = _layout(names, [""] * len(names), {"ts": ts_name, **mapping}, label, None)
     values = {name: _frame_floats(frame, names[i], where) for name, i in layout.values.items()}
@@ -1141,11 +1328,31 @@ def _frame_to_raw(
     out = _raw_frame(ts, values, where.rows)
     if "flags" in normalised:
         # repairs recorded by an earlier aiopt run stay visible
-        out = out.with_columns(frame.get_column(lowered["flags"]).cast(pl.UInt32).alias("flags"))
+        out = out.with_columns(_frame_flags(frame, lowered["flags"], where))
         ignored = tuple(n for n in ignored if _normalise_name(n) != "flags")
     if "row" in normalised:
         ignored = tuple(n for n in ignored if _normalise_name(n) != "row")
-    return canonical_column_order(out), ignored
+    return canonical_column_order(out), ignored, notes
+
+
+def _frame_flags(frame: pl.DataFrame, name: str, where: _Where) -> pl.Series:
+    """The ``flags`` column as UInt32: integers from 0 to 2**32 - 1 (a bit set); nulls are 0."""
+    column = frame.get_column(name)
+    if not column.dtype.is_integer():
+        raise DataError(
+            f"flags column has dtype {column.dtype}, expected non-negative integers (a bit set)",
+            file=where.file,
+            field=name,
+        )
+    wide = column.cast(pl.Int128) if column.dtype != pl.UInt64 else column
+    _raise_first(
+        where,
+        (wide < 0) | (wide > 2**32 - 1),
+        field=name,
+        message="flags must be a bit set: an integer from 0 to 4294967295",
+        values=column,
+    )
+    return column.cast(pl.UInt32).rename("flags")
 
 
 def read_parquet_source(
@@ -1157,7 +1364,7 @@ def read_parquet_source(
     symbol: str | None = None,
     side: str | None = None,
 ) -> RawSource:
-    """Read a Parquet file of bars (or ticks) into a raw frame with ``row`` = 0-based record index.
+    """Read a Parquet file of bars (or ticks) into a raw frame with ``row`` = 0-based row index.
 
     The time column is ``ts`` or a recognised alias (or the only datetime column); a naive
     datetime column is in ``tz`` (default UTC), a string column is parsed like a CSV's, integers
@@ -1172,7 +1379,9 @@ def read_parquet_source(
         metadata = pl.read_parquet_metadata(path)
     except (pl.exceptions.PolarsError, OSError) as exc:
         raise DataError(f"cannot read Parquet file: {exc}", file=path) from exc
-    raw, ignored = _frame_to_raw(frame, str(path), tz=tz, columns=columns, time_format=time_format)
+    raw, ignored, notes = _frame_to_raw(
+        frame, str(path), tz=tz, columns=columns, time_format=time_format
+    )
     stored_side = metadata.get("side")
     conflict = side and stored_side and side != stored_side and f"{side}_open" not in raw.columns
     if conflict and not is_ticks(raw):
@@ -1183,11 +1392,12 @@ def read_parquet_source(
         frame=raw,
         source=str(path),
         format="parquet",
-        row_kind="record",
+        row_kind="row",
         symbol=symbol or metadata.get("symbol") or _guess_symbol(path),
         side=side or stored_side or _guess_side(path),
         timeframe=metadata.get("timeframe"),
         ignored_columns=ignored,
+        notes=notes,
     )
 
 
@@ -1219,15 +1429,18 @@ def read_frame_source(
         if isinstance(frame.index, pd.DatetimeIndex):
             frame = frame.reset_index(names=frame.index.name or "ts")
         frame = pl.from_pandas(frame)
-    raw, ignored = _frame_to_raw(frame, label, tz=tz, columns=columns, time_format=time_format)
+    raw, ignored, notes = _frame_to_raw(
+        frame, label, tz=tz, columns=columns, time_format=time_format
+    )
     return RawSource(
         frame=raw,
         source=label,
         format="frame",
-        row_kind="record",
+        row_kind="row",
         symbol=symbol,
         side=side,
         ignored_columns=ignored,
+        notes=notes,
     )
 
 
@@ -1329,7 +1542,7 @@ def _datafeed_root(path: Path, symbol: str | None) -> tuple[Path, str]:
     if len(candidates) == 1:
         return path, candidates[0].upper()
     found = f"found {', '.join(candidates)}" if candidates else "no SYMBOL/YYYY folders found"
-    raise ConfigError(f"{path}: pass symbol= to pick the instrument ({found})")
+    raise ConfigError(f"{path}: pass symbol= (CLI: --symbol) to pick the instrument ({found})")
 
 
 def _datafeed_timeframe(timeframe: str | None) -> str:
@@ -1359,7 +1572,9 @@ def _read_dukascopy(
 
     if path.is_dir():
         if start is None or end is None:
-            raise ConfigError("a Dukascopy datafeed directory needs start= and end=")
+            raise ConfigError(
+                "a Dukascopy datafeed directory needs start= and end= (CLI: --start, --end)"
+            )
         cache_dir, symbol = _datafeed_root(path, symbol)
         # mid prices exist only in the ticks (candle files hold one side each)
         want_ticks = (
@@ -1479,7 +1694,7 @@ def read_source(
             frame=_with_record_index(bars),
             source=f"sample:{name}",
             format="sample",
-            row_kind="record",
+            row_kind="row",
             symbol=info.get("symbol"),
             side=info.get("side"),
             timeframe=info.get("timeframe") or None,
@@ -1523,7 +1738,9 @@ def read_source(
             symbol=symbol,
             side=side,
         )
-    raise ConfigError(f"{path}: unknown file type {suffix or '(none)'}; pass format=")
+    raise ConfigError(
+        f"{path}: unknown file type {suffix or '(none)'}; pass format= (CLI: --format)"
+    )
 
 
 def _trim(frame: pl.DataFrame, start: dt.datetime | None, end: dt.datetime | None) -> pl.DataFrame:
@@ -1625,6 +1842,7 @@ def load_bars_report(
         format=raw.format,
         symbol=raw.symbol,
         side=side_label,
+        notes=raw.notes,
     )
 
 
@@ -1649,8 +1867,10 @@ def load_bars(
     ``from_ticks=`` go there), turns ticks into bars (``timeframe``, default ``"1m"``, priced by
     ``side``, default ``"bid"``), trims to ``[start, end)`` (naive = UTC), cleans with
     :func:`aiopt_lib.cleaning.clean_bars` under ``policy`` (default ``CleaningPolicy()``), and for bar
-    sources resamples up to ``timeframe`` when given. When cleaning repaired or dropped rows, one
-    :class:`SourceWarning` summarises the counts; use :func:`load_bars_report` for the full report.
+    sources resamples up to ``timeframe`` when given. One :class:`SourceWarning` sums up what needs
+    a look (:meth:`LoadedBars.alerts`): a time column found by its content, the counts when
+    cleaning repaired or dropped rows, flagged spikes, holes of a week or more. Use
+    :func:`load_bars_report` for the full report.
     """
     loaded = load_bars_report(
         source,
@@ -1665,11 +1885,7 @@ def load_bars(
         policy=policy,
         **options,
     )
-    report = loaded.report
-    if report.has_repairs or report.n_dropped:
-        counts = ", ".join(f"{k}={v}" for k, v in report.summary().items() if v)
-        _warn(
-            f"{loaded.source}: cleaning changed the data ({counts}); "
-            "load_bars_report() returns the full report"
-        )
+    alerts = loaded.alerts()
+    if alerts:
+        _warn(f"{loaded.source}: {'; '.join(alerts)}; load_bars_report() returns the full report")
     return loaded.bars

@@ -261,11 +261,113 @@ def test_persistent_jump_fires_and_says_it_did_not_revert() -> None:
     assert spikes["field"][0] == "close"
 
 
-def test_no_spike_test_on_short_or_flat_data() -> None:
+def test_spike_test_on_short_data_but_not_on_too_short_or_flat_data() -> None:
     frame = _walk(15)
-    frame = _set(frame, 7, close=5.0, high=5.0)  # absurd, but 15 bars give no robust scale
-    assert _items(validate_bars(frame), "spike").height == 0
-    assert _items(validate_bars(frame), "ohlc_inconsistent").height == 0
+    bad = float(frame["close"][7]) * 1.05  # a 5 % bad tick, reverted at the next bar
+    spiky = _set(frame, 7, close=bad, high=bad)
+    spikes = _items(validate_bars(spiky, row_kind="line"), "spike")
+    assert spikes.get_column("row").to_list() == [9]  # 15 bars (14 returns) are enough
+    assert "reverted at the next bar" in spikes["detail"][0]
+    assert _items(validate_bars(spiky), "ohlc_inconsistent").height == 0
+    bars, _ = clean_bars(spiky)
+    assert bars.filter((pl.col("flags") & int(Flag.SPIKE)) > 0).height == 1
+    assert validate_bars(frame).is_clean  # the good file: nothing
+    # 10 bars (9 returns) give no robust scale; flat prices give a zero MAD
+    short = _walk(10)
+    short = _set(short, 5, close=float(short["close"][5]) * 1.05, high=2.0)
+    assert _items(validate_bars(short), "spike").height == 0
+    flat = _walk(30).with_columns(pl.lit(1.1).alias(c) for c in ("open", "high", "low", "close"))
+    flat = _set(flat, 12, close=1.2, high=1.2)
+    assert _items(validate_bars(flat), "spike").height == 0
+
+
+# ---------------------------------------------------------------------------------------------
+# Implausible prices
+
+
+@pytest.mark.parametrize(
+    ("field", "factor", "words"),
+    [
+        ("close", 10.0, "times above"),  # a 10x spike in a short file
+        ("close", 8.99e-78 / 1.1, "times below"),  # one flipped bit (a Parquet close of 8.99e-78)
+        ("low", 0.1, "times below"),  # a decimal point one place off
+        ("open", 100.0, "times above"),  # a price in pips
+    ],
+)
+def test_implausible_prices_are_errors_naming_row_and_field(
+    field: str, factor: float, words: str
+) -> None:
+    frame = _walk(15)
+    value = float(frame[field][7]) * factor
+    bad = _set(frame, 7, **{field: value})
+    with pytest.raises(DataError) as info:
+        clean_bars(bad, source="short.csv", row_kind="line")
+    message = str(info.value)
+    assert message.startswith(f"short.csv, line 9, field '{field}': implausible price: "), message
+    assert words in message and "factor of 8" in message
+    assert "\n" not in message
+    assert (info.value.row, info.value.field) == (9, field)
+    # validation lists it as an error (and does not also call it an OHLC problem or a spike)
+    report = validate_bars(bad, source="short.csv", row_kind="line")
+    assert report.issues.get_column("kind").to_list() == ["implausible_price"]
+    assert report.issues.row(0, named=True)["severity"] == "error"
+    assert not report.is_clean
+    # "drop" drops the row, counted, and repairs nothing else
+    bars, dropped = clean_bars(bad, CleaningPolicy(implausible_prices="drop"))
+    assert bars.height == 14 and dropped.n_dropped == 1
+    assert (bars.get_column("flags") & int(Flag.OHLC_FIXED)).sum() == 0
+    _identity(dropped)
+    # the good file is untouched
+    good, report = clean_bars(frame)
+    assert good.drop("flags").equals(frame.drop("row")) and not report.has_repairs
+
+
+def test_price_ratio_limit_and_policy() -> None:
+    frame = _walk(40)
+    seven = _set(frame, 20, close=float(frame["close"][20]) * 7, high=float(frame["close"][20]) * 7)
+    assert _items(validate_bars(seven), "implausible_price").height == 0  # below the limit of 8
+    assert _items(validate_bars(seven), "spike").height == 1  # but a spike
+    assert _items(validate_bars(seven, max_price_ratio=5), "implausible_price").height == 1
+    with pytest.raises(DataError, match="limit is a factor of 5 either way"):
+        clean_bars(seven, CleaningPolicy(max_price_ratio=5))
+    _, report = clean_bars(seven)
+    assert _items(report, "spike").get_column("action").to_list() == ["flagged"]
+    for bad in (1, 0.5, float("inf"), "8"):
+        with pytest.raises(ConfigError, match="max_price_ratio"):
+            CleaningPolicy(max_price_ratio=bad)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="implausible_prices"):
+        CleaningPolicy(implausible_prices="keep")  # type: ignore[arg-type]
+
+
+def test_a_history_that_really_moves_100x_is_plausible_but_a_10x_bar_in_it_is_not() -> None:
+    # a currency losing 99 % over 6,000 hours (drift), not one bar off its neighbours
+    frame = _walk(6000)
+    drift = np.exp(np.linspace(0.0, np.log(100.0), frame.height))
+    frame = frame.with_columns(
+        pl.col(c) * pl.Series(drift) for c in ("open", "high", "low", "close")
+    )
+    assert float(frame["close"][-1]) / float(frame["close"].median()) > 8  # the old global rule
+    assert _items(validate_bars(frame), "implausible_price").height == 0
+    bars, _ = clean_bars(frame)
+    assert bars.height == frame.height
+    late = 5000
+    bad = _set(frame, late, close=float(frame["close"][late]) * 10)
+    with pytest.raises(DataError, match=f"row {late + 2}, field .close.: implausible price"):
+        clean_bars(bad, row_kind="row", source="long.parquet")
+
+
+def test_long_gaps_are_listed_in_the_report() -> None:
+    frame = _fx_hours(MONDAY, MONDAY + dt.timedelta(days=35))
+    holed = frame.filter(
+        (pl.col("ts") < MONDAY + dt.timedelta(days=8))
+        | (pl.col("ts") >= MONDAY + dt.timedelta(days=23))
+    )
+    _, report = clean_bars(holed)
+    long = report.long_gaps()
+    assert long.height == 1
+    assert long["duration"][0] >= dt.timedelta(days=14)
+    assert validate_bars(holed).long_gaps().height == 1
+    assert clean_bars(frame)[1].long_gaps().height == 0  # weekends are not holes
 
 
 # ---------------------------------------------------------------------------------------------
@@ -443,7 +545,8 @@ def test_ohlc_policies() -> None:
     assert bars["high"][8] == 1.3
     assert bars["low"][8] == 1.0
     assert set(_items(report, "ohlc_inconsistent").get_column("action")) == {"repaired"}
-    assert validate_bars(bars.drop("flags")).problems.height == 0
+    # the repaired bar (open 1.2 on a walk around 1.1) stands out from 12 bars: a spike, nothing else
+    assert set(validate_bars(bars.drop("flags")).problems.get_column("kind")) == {"spike"}
 
     bars, report = clean_bars(frame, CleaningPolicy(ohlc="drop"))
     assert bars.height == 9

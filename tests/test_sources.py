@@ -58,7 +58,7 @@ GENERIC_CSV = (
     "timestamp,o,h,l,c,vol,comment\n"
     "2017-01-02T00:00:00+02:00,1.1,1.3,1.0,1.2,10,a\n"
     "2017-01-02 01:00:00Z,1.2,1.4,1.1,1.3,11,b\n"
-    "2017-01-02T02:00:00.250,1.3,1.5,1.2,1.4,12,c\n"
+    "2017-01-02T02:00:00.250+00:00,1.3,1.5,1.2,1.4,12,c\n"
 )
 
 
@@ -250,7 +250,7 @@ def test_generic_iso_with_offsets_and_aliases(tmp_path: Path) -> None:
     assert frame.get_column("ts").to_list() == [
         ts(2017, 1, 1, 22),  # +02:00
         ts(2017, 1, 2, 1),  # Z
-        dt.datetime(2017, 1, 2, 2, 0, 0, 250000, tzinfo=UTC),  # naive = UTC
+        dt.datetime(2017, 1, 2, 2, 0, 0, 250000, tzinfo=UTC),  # +00:00
     ]
     assert frame.row(0)[1:] == (1.1, 1.3, 1.0, 1.2, 10.0, 2)
     assert raw.ignored_columns == ("comment",)
@@ -492,7 +492,7 @@ def test_parquet_round_trip(tmp_path: Path) -> None:
     )
     raw = read_parquet_source(path)
     assert raw.format == "parquet"
-    assert raw.row_kind == "record"
+    assert raw.row_kind == "row"
     assert raw.frame.get_column("row").to_list() == list(range(50))
     assert raw.frame.drop("row").equals(bars)
     assert (raw.symbol, raw.side) == ("EURUSD", "ask")
@@ -545,9 +545,7 @@ def test_parquet_ticks_and_bad_values(tmp_path: Path) -> None:
     )
     bad_path = tmp_path / "bad.parquet"
     bad.write_parquet(bad_path)
-    with pytest.raises(
-        DataError, match=r"bad\.parquet, record 1, field 'ts': unparseable timestamp"
-    ):
+    with pytest.raises(DataError, match=r"bad\.parquet, row 1, field 'ts': unparseable timestamp"):
         read_parquet_source(bad_path)
 
 
@@ -602,7 +600,7 @@ def test_read_source_datafeed_folder(dukascopy_dir: Path) -> None:
 
 def test_read_source_sample_and_errors(tmp_path: Path) -> None:
     raw = read_source("sample")
-    assert (raw.format, raw.row_kind, raw.side, raw.timeframe) == ("sample", "record", "ask", "1h")
+    assert (raw.format, raw.row_kind, raw.side, raw.timeframe) == ("sample", "row", "ask", "1h")
     with pytest.raises(ConfigError, match="holds ask prices"):
         read_source("sample", side="bid")
     with pytest.raises(DataError, match="no such file"):
@@ -664,7 +662,9 @@ def test_load_bars_every_text_and_table_source(tmp_path: Path, kind: str) -> Non
         "mt4": write(tmp_path, "m4.csv", MT4_CSV),
         "mt5": write(tmp_path, "m5.csv", MT5_CSV),
         "generic": write(
-            tmp_path, "g.csv", GENERIC_CSV.replace("2017-01-02T02:00:00.250", "2017-01-02T02:00:00")
+            tmp_path,
+            "g.csv",
+            GENERIC_CSV.replace("2017-01-02T02:00:00.250+", "2017-01-02T02:00:00+"),
         ),
     }
     if kind in sources:
@@ -704,3 +704,222 @@ def test_load_bars_dukascopy_sources(dukascopy_dir: Path) -> None:
     assert from_ticks.get_column("ts").to_list() == [ts(2019, 2, 4, 12, m) for m in range(60)] + [
         ts(2019, 2, 4, 13, m) for m in range(60)
     ]
+
+
+# ---------------------------------------------------------------------------------------------
+# Files as users have them (issue 14): found by content, or a one-line error at the first bad row
+
+
+def real_bars(n: int = 72) -> pl.DataFrame:
+    """The first ``n`` hourly bars of the real 2017 EUR/USD sample (tests/data/eurusd_h1)."""
+    return load_sample().head(n)
+
+
+def pandas_csv(tmp_path: Path, bars: pl.DataFrame, name: str = "pandas.csv") -> Path:
+    """``bars`` as pandas' ``DataFrame.to_csv()`` writes them: an unnamed datetime index."""
+    frame = bars.to_pandas().set_index("ts")
+    frame.index = frame.index.tz_localize(None)
+    frame.index.name = None
+    frame.columns = ["Open", "High", "Low", "Close", "Volume"]
+    path = tmp_path / name
+    frame.to_csv(path)
+    return path
+
+
+def test_pandas_to_csv_with_an_unnamed_index_is_read(tmp_path: Path) -> None:
+    bars = real_bars()
+    path = pandas_csv(tmp_path, bars)
+    assert path.read_text().startswith(",Open,High,Low,Close,Volume\n2017-01-01 22:00:00,")
+    raw = read_csv_source(path)
+    assert raw.frame.drop("row").equals(bars)
+    assert len(raw.notes) == 1
+    assert "column 1 (no header name)" in raw.notes[0]
+    assert "'2017-01-01 22:00:00'" in raw.notes[0]
+    loaded = load_bars_report(path)
+    assert loaded.notes == raw.notes
+    assert loaded.bars.drop("flags").equals(bars)
+    with pytest.warns(SourceWarning, match=r"time taken from column 1 \(no header name\)"):
+        load_bars(path)
+    # the unnamed column can also be named by position
+    assert read_csv_source(path, columns={"ts": "#1"}).notes == ()
+
+
+@pytest.mark.parametrize(
+    ("header", "stamp", "expected"),
+    [
+        ("Stamp", "2017-01-02T22:00:00Z", ts(2017, 1, 2, 22)),
+        ("Zeit", "02.01.2017 22:00:00.000", ts(2017, 1, 2, 22)),
+        ("bar", "2017.01.02 22:00", ts(2017, 1, 2, 22)),
+        ("epoch", "1483394400", ts(2017, 1, 2, 22)),
+        ("", "1483394400000", ts(2017, 1, 2, 22)),
+    ],
+)
+def test_time_column_found_by_content(
+    tmp_path: Path, header: str, stamp: str, expected: dt.datetime
+) -> None:
+    text = f"id,{header},open,high,low,close,volume\n7,{stamp},1,2,0.5,1.5,3\n"
+    raw = read_csv_source(write(tmp_path, "c.csv", text))
+    assert raw.frame.get_column("ts").to_list() == [expected]
+    assert "column 2" in raw.notes[0]
+    assert raw.ignored_columns == ("id",)
+
+
+def test_no_time_column_error_is_neutral_about_python_and_cli(tmp_path: Path) -> None:
+    text = "id,when,open,high,low,close\n7,yesterday,1,2,0.5,1.5\n"
+    with pytest.raises(DataError) as info:
+        read_csv_source(write(tmp_path, "none.csv", text))
+    message = str(info.value)
+    assert "line 1: no time column found" in message
+    assert "columns={'ts': NAME} (CLI: --columns ts=NAME)" in message
+    with pytest.raises(DataError, match=r"format= \(CLI: --format\)"):
+        read_csv_source(write(tmp_path, "odd.csv", "2017-01-02 00:00:00,1,2,0.5,1.5,1\n"))
+
+
+def offset_file(tmp_path: Path, bars: pl.DataFrame, naive_from: int | None) -> Path:
+    """Times written in +02:00 with their offset; from row ``naive_from`` on without it."""
+    lines = ["timestamp,open,high,low,close,volume"]
+    for i, row in enumerate(bars.iter_rows(named=True)):
+        local = (row["ts"] + dt.timedelta(hours=2)).strftime("%Y-%m-%d %H:%M:%S")
+        stamp = local if naive_from is not None and i >= naive_from else f"{local}+02:00"
+        prices = ",".join(str(row[c]) for c in ("open", "high", "low", "close", "volume"))
+        lines.append(f"{stamp},{prices}")
+    path = tmp_path / "offsets.csv"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def epoch_file(tmp_path: Path, bars: pl.DataFrame, millis_at: int | None) -> Path:
+    """Epoch seconds; the row ``millis_at`` in milliseconds."""
+    lines = ["timestamp,open,high,low,close,volume"]
+    for i, row in enumerate(bars.iter_rows(named=True)):
+        seconds = int(row["ts"].timestamp())
+        stamp = seconds * 1000 if i == millis_at else seconds
+        prices = ",".join(str(row[c]) for c in ("open", "high", "low", "close", "volume"))
+        lines.append(f"{stamp},{prices}")
+    path = tmp_path / "epoch.csv"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.mark.parametrize(
+    ("make", "bad_at", "pattern"),
+    [
+        (
+            offset_file,
+            36,
+            r"line 38, field 'timestamp': timestamp style changes: this one has no UTC offset, "
+            r"the rows before it carry one .*\(36 rows like this",
+        ),
+        (
+            epoch_file,
+            40,
+            r"line 42, field 'timestamp': epoch unit changes: this value is in milliseconds, "
+            r"the first row's \(1483308000\) in seconds",
+        ),
+    ],
+    ids=["offset-then-naive", "seconds-then-milliseconds"],
+)
+def test_time_style_changing_mid_file_is_an_error(
+    tmp_path: Path, make, bad_at: int, pattern: str
+) -> None:
+    bars = real_bars()
+    path = make(tmp_path, bars, bad_at)
+    with pytest.raises(DataError) as info:
+        load_bars(path)
+    message = str(info.value)
+    assert message.startswith(f"{path}, line "), message
+    assert re.search(pattern, message), message
+    assert "\n" not in message
+    # the same file written in one style reads as the real bars
+    good = make(tmp_path, bars, None)
+    assert load_bars(good).drop("flags").equals(bars)
+
+
+def test_naive_then_offset_and_frame_epochs_are_errors_too(tmp_path: Path) -> None:
+    text = (
+        "ts,open,high,low,close,volume\n"
+        "2017-01-02 22:00:00,1,2,0.5,1.5,1\n"
+        "2017-01-02 23:00:00Z,1,2,0.5,1.5,1\n"
+    )
+    with pytest.raises(DataError, match=r"line 3.*carries a UTC offset, the rows before it have"):
+        read_csv_source(write(tmp_path, "n.csv", text))
+    frame = real_bars(5).with_columns(
+        pl.Series("ts", [1483308000, 1483311600, 1483315200000, 1483318800, 1483322400])
+    )
+    with pytest.raises(DataError, match=r"row 2, field 'ts': epoch unit changes"):
+        read_frame_source(frame)
+
+
+def test_parquet_flags_must_be_a_bit_set(tmp_path: Path) -> None:
+    bars = real_bars(20)
+    flags = [0] * 20
+    flags[10] = -1
+    path = tmp_path / "flags.parquet"
+    bars.with_columns(pl.Series("flags", flags, dtype=pl.Int64)).write_parquet(path)
+    with pytest.raises(DataError) as info:
+        read_parquet_source(path)
+    assert str(info.value) == (
+        f"{path}, row 10, field 'flags': flags must be a bit set: an integer from 0 to "
+        "4294967295 (got -1)"
+    )
+    flags[10] = 4
+    good = tmp_path / "good.parquet"
+    bars.with_columns(pl.Series("flags", flags, dtype=pl.Int64)).write_parquet(good)
+    assert read_parquet_source(good).frame.get_column("flags").to_list() == flags
+    floats = tmp_path / "floats.parquet"
+    bars.with_columns(pl.lit(0.5).alias("flags")).write_parquet(floats)
+    with pytest.raises(DataError, match=r"field 'flags': flags column has dtype Float64"):
+        read_parquet_source(floats)
+
+
+def test_parquet_errors_say_row_not_line(tmp_path: Path) -> None:
+    path = tmp_path / "nolow.parquet"
+    real_bars(5).drop("low").write_parquet(path)
+    with pytest.raises(DataError) as info:
+        read_parquet_source(path)
+    message = str(info.value)
+    assert message.startswith(f"{path}: no column found for ['low']"), message
+    assert "line" not in message
+
+
+def test_parquet_bit_flip_close_is_an_error_not_a_repair(tmp_path: Path) -> None:
+    bars = real_bars()
+    path = tmp_path / "flip.parquet"
+    flipped = bars.with_columns(
+        pl.when(pl.int_range(pl.len()) == 30)
+        .then(8.99e-78)
+        .otherwise(pl.col("close"))
+        .alias("close")
+    )
+    flipped.write_parquet(path)
+    with pytest.raises(DataError) as info:
+        load_bars(path)
+    message = str(info.value)
+    assert message.startswith(
+        f"{path}, row 30, field 'close': implausible price: close 8.99e-78"
+    ), message
+    good = tmp_path / "good.parquet"
+    bars.write_parquet(good)
+    assert load_bars(good).drop("flags").equals(bars)
+
+
+def test_load_bars_warns_about_flagged_spikes_and_long_holes(tmp_path: Path) -> None:
+    bars = real_bars(1000)
+    spike_at = 500
+    bad = float(bars["close"][spike_at]) * 1.01  # a 1 % bad tick, reverted at the next bar
+    messy = bars.with_columns(
+        pl.when(pl.int_range(pl.len()) == spike_at).then(bad).otherwise(pl.col(c)).alias(c)
+        for c in ("close", "high")
+    ).filter((pl.int_range(pl.len()) < 100) | (pl.int_range(pl.len()) >= 400))
+    path = write_parquet_atomic(messy, tmp_path / "messy.parquet")
+    with pytest.warns(SourceWarning) as record:
+        load_bars(path)
+    texts = [str(w.message) for w in record if issubclass(w.category, SourceWarning)]
+    assert len(texts) == 1
+    assert "1 price spike(s) flagged and kept, the first at row 200" in texts[0]
+    assert "1 hole(s) of a week or more without bars, the longest" in texts[0]
+    loaded = load_bars_report(path)
+    assert len(loaded.alerts()) == 2
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", SourceWarning)
+        load_bars(write_parquet_atomic(bars, tmp_path / "good.parquet"))
