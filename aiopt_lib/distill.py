@@ -641,7 +641,7 @@ def distilled_pine(
         )
     )
     if validate:
-        errors = [i for i in pine.check_pine(text, version) if i.severity == "error"]
+        errors = pine.export_errors(pine.check_pine(text, version))
         if errors:
             listed = "; ".join(str(i) for i in errors)
             raise pine.PineExportError(

@@ -913,7 +913,7 @@ def spec_to_pine(
         spec_to_ir(spec, version=version, metrics=metrics, data_range=data_range, ai_rules=ai_rules)
     )
     if validate:
-        errors = [i for i in check_pine(text, version) if i.severity == "error"]
+        errors = export_errors(check_pine(text, version))
         if errors:
             listed = "; ".join(str(i) for i in errors)
             raise PineExportError(f"the Pine export of {spec.name!r} does not validate: {listed}")
@@ -922,6 +922,17 @@ def spec_to_pine(
 
 # ---------------------------------------------------------------------------------------------
 # Validation
+
+# Warnings a generated script must not have either: a ``ta.*`` call that skips bars would trade
+# differently from our engine, which computes every indicator on every bar.
+EXPORT_BLOCKING_CODES = frozenset({"conditional-ta"})
+
+
+def export_errors(issues: list[PineIssue]) -> list[PineIssue]:
+    """The issues that stop an export: every error, and the warnings of
+    :data:`EXPORT_BLOCKING_CODES`."""
+    return [i for i in issues if i.severity == "error" or i.code in EXPORT_BLOCKING_CODES]
+
 
 Severity = Literal["error", "warning"]
 
@@ -1308,21 +1319,21 @@ def _conditional_ta_calls(script: Any) -> list[tuple[Any, str]]:
 
 
 def _conditional_ta_issue(call: Any, reason: str, version: int | None) -> PineIssue:
-    """The issue of a ``ta.*`` call that may skip bars. An error where its result breaks (an
-    ``if`` block, a lazy v6 operand); a warning in a ``switch`` arm or a ``?:`` branch, as
-    TradingView compiles it: there the call mostly picks one indicator among several by a
-    setting (``switch maType``), taken on every bar or on none."""
+    """The issue of a ``ta.*`` call that may skip bars: a warning, as TradingView compiles it
+    ("should be called on each calculation for consistency") — the script is valid. In an ``if``
+    block or a lazy v6 operand its result really differs from a call on every bar (the call's
+    history only holds the bars it ran on), which the message says; a ``switch`` arm or a ``?:``
+    branch mostly picks one indicator by a setting, taken on every bar or on none. Our own
+    exports refuse both (:data:`EXPORT_BLOCKING_CODES`)."""
     if reason == _BRANCH or (reason == _LAZY_OPERAND and version == 5):
         why = "it should be called on each bar for consistency (TradingView warns)"
-        severity: Severity = "warning"
     else:
-        why = "its history differs from a call on every bar"
-        severity = "error"
+        why = "its history differs from a call on every bar (TradingView warns)"
     return PineIssue(
         call.line,
         call.column,
         f"{call.func}() {reason}: {why}; declare it at the top level",
-        severity,
+        "warning",
         "conditional-ta",
     )
 

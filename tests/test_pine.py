@@ -18,6 +18,7 @@ from aiopt_lib.pine import (
     StrategyCall,
     Var,
     check_pine,
+    export_errors,
     fix_pine,
     render,
     spec_to_ir,
@@ -246,7 +247,8 @@ def test_check_version_and_laziness_by_version() -> None:
     assert issue.code == "conditional-ta" and issue.severity == "warning"  # eager in v5
     issue, lazy = check_pine(v5, 6)  # checked as the v6 script it was asked to be
     assert issue.code == "version" and (issue.line, issue.column) == (1, 1)
-    assert lazy.code == "conditional-ta" and lazy.severity == "error"
+    assert lazy.code == "conditional-ta" and lazy.severity == "warning"  # valid, TradingView warns
+    assert "history differs" in lazy.message
     assert check_pine('indicator("x")\nplot(close)\n')[0].code == "version"
     # `x * 1/2` is (x * 1) / 2, not an int division
     assert check_pine('//@version=5\nindicator("x")\nplot(close * 1/2)\n', 5) == []
@@ -326,7 +328,7 @@ def test_corpus_reported(name: str) -> None:
     version = int(re.search(r"_v(\d)\.pine$", name).group(1))
     fixed, fixes = fix_pine(text, version)
     assert fixes == [] and fixed == text
-    issues = [i for i in check_pine(text, version) if i.severity == "error"]
+    issues = export_errors(check_pine(text, version))  # errors, and what an export refuses
     found = [(i.line, i.column, i.code) for i in issues]
     assert found == [(line, column, code) for line, column, code, _ in REPORTED[name]]
     for issue, (_, _, _, words) in zip(issues, REPORTED[name], strict=True):
@@ -445,14 +447,20 @@ def test_conditional_ta_severity_by_construct() -> None:
         (6, "conditional-ta", "warning"),
         (6, "unknown-function", "error"),  # a branch does not excuse a misspelt name
         (7, "conditional-ta", "warning"),  # a ?: branch
-        (10, "conditional-ta", "error"),  # a ?: inside an `if` block is the block's call
-        (12, "conditional-ta", "error"),  # an `if` used as an expression is an `if` block
-        (15, "conditional-ta", "error"),  # a ?: inside a lazy v6 `and` operand
+        (10, "conditional-ta", "warning"),  # a ?: inside an `if` block is the block's call
+        (12, "conditional-ta", "warning"),  # an `if` used as an expression is an `if` block
+        (15, "conditional-ta", "warning"),  # a ?: inside a lazy v6 `and` operand
     ]
+    # TradingView compiles each of them with a warning; in an `if` or a lazy operand the message
+    # says the result differs, and our exports refuse them all
+    messages = {i.line: i.message for i in check_pine(text, 6) if i.code == "conditional-ta"}
+    assert all("history differs" in messages[line] for line in (10, 12, 15))
+    assert all("for consistency" in messages[line] for line in (5, 6, 7))
+    assert len(export_errors(check_pine(text, 6))) == len(found)
     text_v5 = text.replace("@version=6", "@version=5")
     severities = {i.line: i.severity for i in check_pine(text_v5, 5) if i.code == "conditional-ta"}
     assert severities[15] == "warning"  # v5 evaluates `and` eagerly: only the ?: branch is left
-    assert severities[10] == "error"
+    assert severities[10] == "warning"
 
 
 def test_cli_exports_a_ranking_and_checks_files(tmp_path, capsys):
