@@ -12,14 +12,15 @@ TORCH := torch==2.13.0+cpu
 CONFIG ?= papermill_runs/default.yaml
 PYTEST_ARGS ?=
 
-.PHONY: run test lint format lab setup bench clean-reports help lock check-lock test-latest
+.PHONY: run test lint format lab setup bench clean-reports help lock check-lock test-latest docs
 .DEFAULT_GOAL := help
 
 help:
 	@echo "make run     run the pipeline on the embedded EUR/USD sample; prints where the report is"
 	@echo "make test    run the test suite"
-	@echo "make lint    ruff check + format check"
+	@echo "make lint    ruff check + format check + the import-layer contract (lint-imports)"
 	@echo "make format  ruff format + autofix"
+	@echo "make docs    the API site into site/ (mkdocs, warnings are errors, offline; see docs/)"
 	@echo "make lab     JupyterLab on notebooks/ with this environment as the kernel"
 	@echo "make bench   run benchmarks/ (installs the peers of the [bench] extra)"
 	@echo "make setup   create/refresh .venv"
@@ -45,15 +46,21 @@ run: check-lock $(STAMP)
 	$(VENV)/bin/aiopt run --config $(CONFIG)
 
 test: check-lock $(STAMP)
+	$(VENV)/bin/lint-imports --no-cache
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports --no-cache
 
 format: $(STAMP)
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
+
+# site/index.html opens from disk; nothing is fetched from the network while building or reading
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --site-dir site
 
 lab: $(STAMP)
 	$(PY) -m ipykernel install --sys-prefix --name aiopt --display-name "aiopt (.venv)" >/dev/null

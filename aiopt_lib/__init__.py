@@ -1,16 +1,15 @@
 """aiopt: the AI Indicator Optimizer, a research workbench for FX strategies.
 
 The public API is re-exported here; each module's docstring states its conventions (start with
-:mod:`aiopt_lib.bars` for the canonical bars schema).
+:mod:`aiopt_lib.core.bars` for the canonical bars schema).
 
     import aiopt_lib as ai
     bars = ai.load_bars("EURUSD_H1.csv")      # or ai.load_sample()
     report = ai.validate_bars(bars)
 """
 
-from aiopt_lib.atomic import write_parquet_atomic
-from aiopt_lib.backtest import BacktestResult, ExecutionConfig, OrderSignals, run_backtest
-from aiopt_lib.bars import (
+from aiopt_lib.core.atomic import write_parquet_atomic
+from aiopt_lib.core.bars import (
     BAR_COLUMNS,
     TICK_COLUMNS,
     Flag,
@@ -21,47 +20,18 @@ from aiopt_lib.bars import (
     parse_timeframe,
     timeframe_label,
 )
-from aiopt_lib.cleaning import (
+from aiopt_lib.core.errors import AioptError, BarsSchemaError, ConfigError, DataError
+from aiopt_lib.core.streams import SchemaMismatchError, Streams, StreamWriter, read_stream
+from aiopt_lib.data.cleaning import (
     CleaningPolicy,
     ValidationReport,
     classify_gaps,
     clean_bars,
     validate_bars,
 )
-from aiopt_lib.dataset import DatasetConfig, build_dataset, read_samples, render_dataset_images
-from aiopt_lib.errors import AioptError, BarsSchemaError, ConfigError, DataError
-from aiopt_lib.evaluation import (
-    TemperatureScaler,
-    classification_metrics,
-    evaluation_table,
-    pattern_recognition_report,
-    predictions_frame,
-)
-from aiopt_lib.explore import describe_bars, hour_of_week_profile
-from aiopt_lib.features import FeatureParams, add_features, feature_columns
-from aiopt_lib.indicators import IndicatorParams, add_indicators, indicator_columns
-from aiopt_lib.labels import (
-    CLASSES,
-    ForwardReturnParams,
-    TripleBarrierParams,
-    class_balance,
-    forward_return_labels,
-    triple_barrier_labels,
-)
-from aiopt_lib.lookahead import LookaheadError, check_no_lookahead
-from aiopt_lib.models import (
-    CompactChartNet,
-    CompactConfig,
-    GradientBoostingBaseline,
-    LogisticBaseline,
-    MajorityBaseline,
-)
-from aiopt_lib.overfitting import deflated_sharpe_ratio, probability_of_backtest_overfitting
-from aiopt_lib.patterns import PATTERNS, PatternParams, add_patterns, pattern_columns
-from aiopt_lib.render import RenderSpec, render_window, render_windows, with_overlays
-from aiopt_lib.resample import resample_bars, ticks_to_bars
-from aiopt_lib.signals import SampleSet, SignalModel, load_model, load_sample_set
-from aiopt_lib.sources import (
+from aiopt_lib.data.explore import describe_bars, hour_of_week_profile
+from aiopt_lib.data.resample import resample_bars, ticks_to_bars
+from aiopt_lib.data.sources import (
     LoadedBars,
     list_samples,
     load_bars,
@@ -69,8 +39,49 @@ from aiopt_lib.sources import (
     load_sample,
     read_source,
 )
-from aiopt_lib.splits import Split, purged_kfold_splits, purged_split, walk_forward_splits
-from aiopt_lib.strategy import (
+from aiopt_lib.features.causal import FeatureParams, add_features, feature_columns
+from aiopt_lib.features.dataset import (
+    DatasetConfig,
+    build_dataset,
+    read_samples,
+    render_dataset_images,
+)
+from aiopt_lib.features.indicators import IndicatorParams, add_indicators, indicator_columns
+from aiopt_lib.features.labels import (
+    CLASSES,
+    ForwardReturnParams,
+    TripleBarrierParams,
+    class_balance,
+    forward_return_labels,
+    triple_barrier_labels,
+)
+from aiopt_lib.features.lookahead import LookaheadError, check_no_lookahead
+from aiopt_lib.features.patterns import PATTERNS, PatternParams, add_patterns, pattern_columns
+from aiopt_lib.features.render import RenderSpec, render_window, render_windows, with_overlays
+from aiopt_lib.features.splits import Split, purged_kfold_splits, purged_split, walk_forward_splits
+from aiopt_lib.models import load_model
+from aiopt_lib.models.base import SampleSet, SignalModel, load_sample_set
+from aiopt_lib.models.evaluation import (
+    TemperatureScaler,
+    classification_metrics,
+    evaluation_table,
+    pattern_recognition_report,
+    predictions_frame,
+)
+from aiopt_lib.models.networks import (
+    CompactChartNet,
+    CompactConfig,
+    GradientBoostingBaseline,
+    LogisticBaseline,
+    MajorityBaseline,
+)
+from aiopt_lib.models.vlm import VisionLanguageSignalModel, VlmTrainConfig
+from aiopt_lib.strategy.backtest import BacktestResult, ExecutionConfig, OrderSignals, run_backtest
+from aiopt_lib.strategy.overfitting import (
+    deflated_sharpe_ratio,
+    probability_of_backtest_overfitting,
+)
+from aiopt_lib.strategy.spec import (
     Costs,
     Distance,
     SignalContext,
@@ -80,8 +91,6 @@ from aiopt_lib.strategy import (
     load_spec,
     save_spec,
 )
-from aiopt_lib.streams import SchemaMismatchError, Streams, StreamWriter, read_stream
-from aiopt_lib.vlm import VisionLanguageSignalModel, VlmTrainConfig
 
 __version__ = "0.1.0"
 
@@ -100,15 +109,16 @@ _SEARCH_NAMES = frozenset(
 )
 _WIDGET_NAMES = frozenset({"StrategyPanel", "strategy_panel"})
 _LAZY_MODULES = {
-    **dict.fromkeys(_SEARCH_NAMES, "search"),
-    **dict.fromkeys(_WIDGET_NAMES, "widgets"),
+    **dict.fromkeys(_SEARCH_NAMES, "strategy.search"),
+    **dict.fromkeys(_WIDGET_NAMES, "viz.widgets"),
     # nautilus_trader takes ~1 s to import
     **dict.fromkeys(
-        ("run_nautilus", "run_nautilus_full", "run_from_catalog", "statistics_table"), "nautilus"
+        ("run_nautilus", "run_nautilus_full", "run_from_catalog", "statistics_table"),
+        "execution.nautilus",
     ),
-    **dict.fromkeys(("run_pine_offline", "compare_trades"), "pine_exec"),
-    **dict.fromkeys(("distill_signal_model", "distilled_pine"), "distill"),
-    **dict.fromkeys(("spec_to_pine", "check_pine", "fix_pine", "export_ranking"), "pine"),
+    **dict.fromkeys(("run_pine_offline", "compare_trades"), "pine.offline"),
+    **dict.fromkeys(("distill_signal_model", "distilled_pine"), "pine.distill"),
+    **dict.fromkeys(("spec_to_pine", "check_pine", "fix_pine", "export_ranking"), "pine.export"),
 }
 
 

@@ -15,8 +15,8 @@ import warnings
 import numpy as np
 import polars as pl
 
-from aiopt_lib.backtest import ExecutionConfig, OrderSignals, run_backtest
-from aiopt_lib.indicators import atr, ema
+from aiopt_lib.features.indicators import atr, ema
+from aiopt_lib.strategy.backtest import ExecutionConfig, OrderSignals, run_backtest
 
 N_OURS = 1_000_000
 N_PEER = 100_000

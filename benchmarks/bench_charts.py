@@ -41,8 +41,8 @@ import mplfinance as mpf
 import numpy as np
 from PIL import Image
 
-from aiopt_lib import render
-from aiopt_lib.sources import load_sample
+from aiopt_lib.data.sources import load_sample
+from aiopt_lib.features import render
 
 WINDOW = 64
 SIZE = 224

@@ -22,7 +22,7 @@ from pathlib import Path
 import pandas as pd
 import polars as pl
 
-from aiopt_lib import dukascopy
+from aiopt_lib.data import dukascopy
 
 DATA = (
     Path(__file__).resolve().parents[1] / "tests" / "data" / "dukascopy" / "EURUSD" / "2019" / "01"

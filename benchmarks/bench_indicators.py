@@ -32,7 +32,7 @@ import pandas as pd
 import polars as pl
 import talib
 
-from aiopt_lib import indicators as ind
+from aiopt_lib.features import indicators as ind
 
 
 def random_walk_bars(n: int, seed: int = 1) -> pl.DataFrame:

@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 import polars as pl
 
-from aiopt_lib.sources import load_bars
+from aiopt_lib.data.sources import load_bars
 
 
 def write_csv(path: Path, rows: int, seed: int = 7) -> None:

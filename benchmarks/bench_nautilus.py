@@ -1,11 +1,11 @@
 """Benchmark: our generic SpecStrategy vs a bare hand-written Nautilus EMA cross, same engine.
 
 Both run on the same 100,000 synthetic one-minute bars (the random walk of ``bench_backtest.py``)
-in a ``BacktestEngine`` set up by :mod:`aiopt_lib.nautilus` (400,000 quotes + 100,000 bars, our
+in a ``BacktestEngine`` set up by :mod:`aiopt_lib.execution.nautilus` (400,000 quotes + 100,000 bars, our
 fill and fee models). The bare strategy keeps two Nautilus ``ExponentialMovingAverage``
 indicators (10/30) and reverses on their cross at market, in one ``engine.run()`` with all the
 data loaded, as a user would write it. Ours is a StrategySpec of the same cross
-(``crossover(ema(10), ema(30))``) run by :func:`aiopt_lib.nautilus.run_nautilus`: data conversion,
+(``crossover(ema(10), ema(30))``) run by :func:`aiopt_lib.execution.nautilus.run_nautilus`: data conversion,
 signal compilation, the run (streamed in chunks of ``DEFAULT_CHUNK_BARS``) and the trades frame
 are all timed. The two take slightly different trades (Nautilus' EMA seeds with the first close,
 TradingView's with an SMA; the bare strategy fills at the signal bar's close quote, ours at the
@@ -36,8 +36,8 @@ from nautilus_trader.model.data import Bar, BarType
 from nautilus_trader.model.enums import OrderSide
 from nautilus_trader.trading.strategy import Strategy
 
-from aiopt_lib.nautilus import DEFAULT_CHUNK_BARS, build_engine, run_nautilus
-from aiopt_lib.strategy import StrategySpec
+from aiopt_lib.execution.nautilus import DEFAULT_CHUNK_BARS, build_engine, run_nautilus
+from aiopt_lib.strategy.spec import StrategySpec
 
 N_BARS = 100_000
 LONG_BARS = 1_000_000

@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from bench_backtest import synthetic_bars
 
-from aiopt_lib.search import SearchConfig, builtin_template, optimise
+from aiopt_lib.strategy.search import SearchConfig, builtin_template, optimise
 
 TRIALS = 400
 FOLDS = 2

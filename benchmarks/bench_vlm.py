@@ -10,7 +10,7 @@ downloaded): ``MiniCPMV4_6Config()``, i.e. the transformers defaults for model t
 ``minicpmv4_6`` (its text config is the ``qwen3_5_text`` default — 4096 wide, 32 layers, a larger
 language model than the released checkpoint's Qwen3.5-0.8B; pass the released ``config.json``
 with ``--config-json`` to measure exactly that shape). Weights are bf16, LoRA (r=16) goes on the
-language model's projections (:data:`aiopt_lib.vlm.LANGUAGE_PROJECTION_PATTERN`), each sample is
+language model's projections (:data:`aiopt_lib.models.vlm.LANGUAGE_PROJECTION_PATTERN`), each sample is
 one 448x448 chart packed as the MiniCPM-V processor packs it plus ``--text-tokens`` text tokens.
 
 Measured, one command: LoRA training samples/s and tokens/s (language-model sequence tokens),
@@ -76,7 +76,7 @@ def main() -> None:
     import peft
     import transformers
 
-    from aiopt_lib.vlm import LANGUAGE_PROJECTION_PATTERN, score_labels
+    from aiopt_lib.models.vlm import LANGUAGE_PROJECTION_PATTERN, score_labels
 
     if args.config_json:
         with open(args.config_json, encoding="utf-8") as handle:

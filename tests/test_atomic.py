@@ -1,7 +1,7 @@
 import polars as pl
 import pytest
 
-from aiopt_lib.atomic import atomic_open, write_parquet_atomic, write_text_atomic
+from aiopt_lib.core.atomic import atomic_open, write_parquet_atomic, write_text_atomic
 
 
 def test_failed_write_leaves_the_old_file_and_no_temp(tmp_path):

@@ -11,15 +11,15 @@ import numpy as np
 import polars as pl
 import pytest
 
-from aiopt_lib.backtest import (
+from aiopt_lib.core.errors import ConfigError
+from aiopt_lib.data.sources import load_sample
+from aiopt_lib.strategy.backtest import (
     BacktestResult,
     ExecutionConfig,
     OrderSignals,
     fill_prices,
     run_backtest,
 )
-from aiopt_lib.errors import ConfigError
-from aiopt_lib.sources import load_sample
 
 START = dt.datetime(2024, 1, 1, tzinfo=dt.UTC)
 
@@ -620,7 +620,7 @@ def test_metrics_on_a_hand_checked_run() -> None:
 
 
 def test_real_sample_matches_reference_with_atr_stops() -> None:
-    from aiopt_lib.indicators import atr, ema
+    from aiopt_lib.features.indicators import atr, ema
 
     bars = load_sample()
     close = bars["close"].to_numpy()

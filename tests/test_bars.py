@@ -3,7 +3,7 @@ import datetime as dt
 import polars as pl
 import pytest
 
-from aiopt_lib.bars import (
+from aiopt_lib.core.bars import (
     TS_DTYPE,
     Flag,
     check_bars,
@@ -14,7 +14,7 @@ from aiopt_lib.bars import (
     parse_timeframe,
     timeframe_label,
 )
-from aiopt_lib.errors import BarsSchemaError
+from aiopt_lib.core.errors import BarsSchemaError
 
 
 def make_bars(n: int = 5, step: dt.timedelta = dt.timedelta(hours=1)) -> pl.DataFrame:

@@ -6,14 +6,14 @@ import polars as pl
 import pytest
 from notebook_helpers import write_notebook
 
-from aiopt_lib.batch import (
+from aiopt_lib.core.errors import ConfigError
+from aiopt_lib.runs.batch import (
     batch_run_id,
     expand_batch,
     load_batch,
     read_ranking_metrics,
     run_batch,
 )
-from aiopt_lib.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = ROOT / "papermill_runs" / "default.yaml"

@@ -1,4 +1,4 @@
-"""Tests of aiopt_lib.cleaning: validation report, cleaning policies, gap classification."""
+"""Tests of aiopt_lib.data.cleaning: validation report, cleaning policies, gap classification."""
 
 from __future__ import annotations
 
@@ -12,8 +12,9 @@ import numpy as np
 import polars as pl
 import pytest
 
-from aiopt_lib.bars import TS_DTYPE, Flag, check_bars
-from aiopt_lib.cleaning import (
+from aiopt_lib.core.bars import TS_DTYPE, Flag, check_bars
+from aiopt_lib.core.errors import BarsSchemaError, ConfigError, DataError
+from aiopt_lib.data.cleaning import (
     ACTIONS,
     KINDS,
     CleaningPolicy,
@@ -22,7 +23,6 @@ from aiopt_lib.cleaning import (
     clean_bars,
     validate_bars,
 )
-from aiopt_lib.errors import BarsSchemaError, ConfigError, DataError
 
 UTC = dt.UTC
 HOUR = dt.timedelta(hours=1)

@@ -14,13 +14,16 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from aiopt_lib.cli import EXIT_ERROR, EXIT_OK, EXIT_PROBLEMS, main
+from aiopt_lib.runs.cli import EXIT_ERROR, EXIT_OK, EXIT_PROBLEMS, main
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
     """The installed console script's code path, in a subprocess (as a user runs it)."""
     return subprocess.run(
-        [sys.executable, "-m", "aiopt_lib.cli", *args], capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "aiopt_lib.runs.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
 
 
@@ -185,7 +188,7 @@ def assert_one_line_error(code: int, err: str, *words: str) -> str:
 
 def real_bars(n: int = 72) -> pl.DataFrame:
     """The first ``n`` hourly bars of the real 2017 EUR/USD sample (tests/data/eurusd_h1)."""
-    from aiopt_lib.sources import load_sample
+    from aiopt_lib.data.sources import load_sample
 
     return load_sample().head(n)
 

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from aiopt_lib.cli import main
-from aiopt_lib.search import MIN_WINDOW_BARS
+from aiopt_lib.runs.cli import main
+from aiopt_lib.strategy.search import MIN_WINDOW_BARS
 
 ROOT = Path(__file__).resolve().parent.parent
 TEMPLATES = ROOT / "aiopt_lib" / "data" / "templates"
@@ -252,7 +252,7 @@ def test_ctrl_c_during_search_keeps_a_clean_resumable_study(tmp_path, workers) -
     out = tmp_path / "out"
     argv = _search(out, "--workers", str(workers))
     argv[argv.index("--trials") + 1] = "5000"  # far more than the test waits for
-    command = [sys.executable, "-m", "aiopt_lib.cli", *argv]
+    command = [sys.executable, "-m", "aiopt_lib.runs.cli", *argv]
     # its own process group, as a terminal's foreground job: Ctrl-C reaches every process in it
     process = subprocess.Popen(
         command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
@@ -277,7 +277,7 @@ def test_ctrl_c_during_search_keeps_a_clean_resumable_study(tmp_path, workers) -
     assert f"{kept} of 10000 trials are kept" in last
     # the kept trials are a study the next run continues and ranks
     again = subprocess.run(
-        [sys.executable, "-m", "aiopt_lib.cli", *_search(out)],
+        [sys.executable, "-m", "aiopt_lib.runs.cli", *_search(out)],
         capture_output=True,
         text=True,
         timeout=300,

@@ -8,8 +8,10 @@ import json
 import polars as pl
 import pytest
 
-from aiopt_lib.cli import EXIT_ERROR, EXIT_OK, main
-from aiopt_lib.dataset import (
+from aiopt_lib.core.errors import ConfigError, DataError
+from aiopt_lib.data.sources import load_bars, load_sample
+from aiopt_lib.features.causal import feature_columns
+from aiopt_lib.features.dataset import (
     SCHEMA_VERSION,
     DatasetConfig,
     build_dataset,
@@ -19,9 +21,7 @@ from aiopt_lib.dataset import (
     read_manifest,
     read_samples,
 )
-from aiopt_lib.errors import ConfigError, DataError
-from aiopt_lib.features import feature_columns
-from aiopt_lib.sources import load_bars, load_sample
+from aiopt_lib.runs.cli import EXIT_ERROR, EXIT_OK, main
 
 DOCUMENTED_INDICATOR_COLUMNS = [
     "rsi_14", "macd_12_26_9", "macd_signal_12_26_9", "macd_hist_12_26_9", "bb_basis_20_2",
@@ -93,7 +93,7 @@ def test_sample_features_equal_features_of_the_prefix(built, sample):
         ),
     )
     # the prefix's last bar has no label (its future is cut), so compare features directly
-    from aiopt_lib.features import add_features
+    from aiopt_lib.features.causal import add_features
 
     feats = add_features(prefix).tail(1).row(0, named=True)
     for column in feature_columns(DatasetConfig().features):

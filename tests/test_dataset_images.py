@@ -9,9 +9,10 @@ import numpy as np
 import polars as pl
 import pytest
 
-from aiopt_lib import render
-from aiopt_lib.cli import EXIT_OK, main
-from aiopt_lib.dataset import (
+from aiopt_lib.core.errors import ConfigError
+from aiopt_lib.data.sources import load_sample
+from aiopt_lib.features import render
+from aiopt_lib.features.dataset import (
     DatasetConfig,
     build_dataset,
     image_path,
@@ -19,9 +20,8 @@ from aiopt_lib.dataset import (
     read_samples,
     render_dataset_images,
 )
-from aiopt_lib.errors import ConfigError
-from aiopt_lib.render import RenderSpec, render_windows, with_overlays
-from aiopt_lib.sources import load_sample
+from aiopt_lib.features.render import RenderSpec, render_windows, with_overlays
+from aiopt_lib.runs.cli import EXIT_OK, main
 
 SPEC = RenderSpec(width=64, height=64)
 

@@ -10,8 +10,11 @@ import polars as pl
 import pytest
 from sklearn.tree import DecisionTreeClassifier
 
-from aiopt_lib import indicators as ind
-from aiopt_lib.distill import (
+from aiopt_lib.core.errors import ConfigError
+from aiopt_lib.data.sources import load_sample
+from aiopt_lib.features import indicators as ind
+from aiopt_lib.features.lookahead import check_no_lookahead
+from aiopt_lib.pine.distill import (
     LABELS,
     DistilledTree,
     default_features,
@@ -19,13 +22,10 @@ from aiopt_lib.distill import (
     distilled_pine,
     feature_frame,
 )
-from aiopt_lib.errors import ConfigError
-from aiopt_lib.lookahead import check_no_lookahead
-from aiopt_lib.pine import PineExportError, check_pine, spec_to_pine
-from aiopt_lib.pine_exec import compare_trades, run_pine_offline
-from aiopt_lib.search import builtin_template
-from aiopt_lib.sources import load_sample
-from aiopt_lib.strategy import Costs, backtest
+from aiopt_lib.pine.export import PineExportError, check_pine, spec_to_pine
+from aiopt_lib.pine.offline import compare_trades, run_pine_offline
+from aiopt_lib.strategy.search import builtin_template
+from aiopt_lib.strategy.spec import Costs, backtest
 
 
 def _frame(ts: pl.Series, probabilities: np.ndarray) -> pl.DataFrame:

@@ -20,10 +20,10 @@ import numpy as np
 import polars as pl
 import pytest
 
-from aiopt_lib import dukascopy as duka
-from aiopt_lib.bars import check_bars, check_ticks
-from aiopt_lib.errors import DataError
-from aiopt_lib.resample import resample_bars, ticks_to_bars
+from aiopt_lib.core.bars import check_bars, check_ticks
+from aiopt_lib.core.errors import DataError
+from aiopt_lib.data import dukascopy as duka
+from aiopt_lib.data.resample import resample_bars, ticks_to_bars
 
 pytestmark = pytest.mark.network
 

@@ -1,4 +1,4 @@
-"""Tests of aiopt_lib.evaluation: metrics by hand and against scikit-learn, calibration, tables."""
+"""Tests of aiopt_lib.models.evaluation: metrics by hand and against scikit-learn, calibration, tables."""
 
 from __future__ import annotations
 
@@ -12,7 +12,9 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import balanced_accuracy_score, f1_score, log_loss
 
 import aiopt_lib as ai
-from aiopt_lib.evaluation import (
+from aiopt_lib.core.streams import PREDICTIONS_SCHEMA, StreamWriter, read_stream
+from aiopt_lib.features.causal import feature_columns
+from aiopt_lib.models.evaluation import (
     EVALUATION_SORT_KEY,
     TemperatureScaler,
     classification_metrics,
@@ -24,8 +26,6 @@ from aiopt_lib.evaluation import (
     prior_proba,
     reliability_table,
 )
-from aiopt_lib.features import feature_columns
-from aiopt_lib.streams import PREDICTIONS_SCHEMA, StreamWriter, read_stream
 
 Y = np.array([0, 1, 2, 0, 1, 2])
 

@@ -4,11 +4,11 @@ import matplotlib
 import polars as pl
 import pytest
 
-from aiopt_lib import charts
-from aiopt_lib.bars import TS_DTYPE
-from aiopt_lib.cleaning import classify_gaps
-from aiopt_lib.explore import describe_bars, hour_of_week_profile, pip_size
-from aiopt_lib.sources import load_sample
+from aiopt_lib.core.bars import TS_DTYPE
+from aiopt_lib.data.cleaning import classify_gaps
+from aiopt_lib.data.explore import describe_bars, hour_of_week_profile, pip_size
+from aiopt_lib.data.sources import load_sample
+from aiopt_lib.viz import charts
 
 matplotlib.use("Agg")
 
@@ -104,7 +104,7 @@ def test_candle_chart_window(sample):
 
 
 def test_candle_chart_marks_patterns(sample):
-    from aiopt_lib.patterns import add_patterns
+    from aiopt_lib.features.patterns import add_patterns
 
     featured = add_patterns(sample)
     window = featured.tail(120)
@@ -119,8 +119,8 @@ def test_candle_chart_marks_patterns(sample):
 
 
 def test_indicator_panels_and_class_balance(sample):
-    from aiopt_lib.indicators import add_indicators
-    from aiopt_lib.labels import class_balance, triple_barrier_labels
+    from aiopt_lib.features.indicators import add_indicators
+    from aiopt_lib.features.labels import class_balance, triple_barrier_labels
 
     with pytest.raises(ValueError, match="add_indicators"):
         charts.indicator_panels(sample)

@@ -9,18 +9,18 @@ import numpy as np
 import polars as pl
 import pytest
 
-from aiopt_lib.errors import BarsSchemaError, ConfigError
-from aiopt_lib.features import (
+from aiopt_lib.core.errors import BarsSchemaError, ConfigError
+from aiopt_lib.data.sources import load_sample
+from aiopt_lib.features.causal import (
     DEFAULT_SESSIONS,
     FeatureParams,
     Session,
     add_features,
     feature_columns,
 )
-from aiopt_lib.indicators import IndicatorParams, add_indicators, atr, indicator_columns
-from aiopt_lib.lookahead import check_no_lookahead
-from aiopt_lib.patterns import add_patterns, pattern_columns
-from aiopt_lib.sources import load_sample
+from aiopt_lib.features.indicators import IndicatorParams, add_indicators, atr, indicator_columns
+from aiopt_lib.features.lookahead import check_no_lookahead
+from aiopt_lib.features.patterns import add_patterns, pattern_columns
 
 
 @pytest.fixture(scope="module")

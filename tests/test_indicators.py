@@ -16,11 +16,11 @@ import polars as pl
 import pytest
 import talib
 
-import aiopt_lib.indicators as ind
-from aiopt_lib.bars import TS_DTYPE
-from aiopt_lib.errors import DataError
-from aiopt_lib.lookahead import check_no_lookahead
-from aiopt_lib.sources import load_sample
+import aiopt_lib.features.indicators as ind
+from aiopt_lib.core.bars import TS_DTYPE
+from aiopt_lib.core.errors import DataError
+from aiopt_lib.data.sources import load_sample
+from aiopt_lib.features.lookahead import check_no_lookahead
 
 TOL = 1e-9  # the agreement asked of every comparison, relative to the series' scale
 

@@ -9,9 +9,10 @@ import numpy as np
 import polars as pl
 import pytest
 
-from aiopt_lib.errors import ConfigError
-from aiopt_lib.indicators import atr
-from aiopt_lib.labels import (
+from aiopt_lib.core.errors import ConfigError
+from aiopt_lib.data.sources import load_sample
+from aiopt_lib.features.indicators import atr
+from aiopt_lib.features.labels import (
     CLASSES,
     LABEL_DTYPE,
     ForwardReturnParams,
@@ -21,9 +22,8 @@ from aiopt_lib.labels import (
     forward_return_labels,
     triple_barrier_labels,
 )
-from aiopt_lib.lookahead import LookaheadError, check_no_lookahead
-from aiopt_lib.sources import load_sample
-from aiopt_lib.splits import purged_split
+from aiopt_lib.features.lookahead import LookaheadError, check_no_lookahead
+from aiopt_lib.features.splits import purged_split
 
 T0 = dt.datetime(2021, 3, 1, tzinfo=dt.UTC)
 

@@ -5,15 +5,15 @@ from __future__ import annotations
 import polars as pl
 import pytest
 
-from aiopt_lib.bars import check_bars
-from aiopt_lib.lookahead import (
+from aiopt_lib.core.bars import check_bars
+from aiopt_lib.data.sources import load_sample
+from aiopt_lib.features.lookahead import (
     LookaheadError,
     LookaheadReport,
     _appended,
     _perturbed,
     check_no_lookahead,
 )
-from aiopt_lib.sources import load_sample
 
 
 @pytest.fixture(scope="module")

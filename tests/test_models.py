@@ -9,10 +9,16 @@ import numpy as np
 import polars as pl
 import pytest
 
-from aiopt_lib.dataset import DatasetConfig, build_dataset
-from aiopt_lib.errors import DataError
-from aiopt_lib.labels import CLASSES
-from aiopt_lib.models import (
+from aiopt_lib.core.errors import DataError
+from aiopt_lib.core.streams import TRAINING_METRICS_SCHEMA, Streams, read_stream
+from aiopt_lib.data.sources import load_sample
+from aiopt_lib.features.dataset import DatasetConfig, build_dataset
+from aiopt_lib.features.labels import CLASSES
+from aiopt_lib.features.render import RenderSpec
+from aiopt_lib.features.splits import purged_split
+from aiopt_lib.models import load_model
+from aiopt_lib.models.base import SampleSet, check_probabilities, load_sample_set
+from aiopt_lib.models.networks import (
     HISTORY_COLUMNS,
     CompactChartNet,
     CompactConfig,
@@ -23,11 +29,6 @@ from aiopt_lib.models import (
     spec_from_dict,
     spec_to_dict,
 )
-from aiopt_lib.render import RenderSpec
-from aiopt_lib.signals import SampleSet, check_probabilities, load_model, load_sample_set
-from aiopt_lib.sources import load_sample
-from aiopt_lib.splits import purged_split
-from aiopt_lib.streams import TRAINING_METRICS_SCHEMA, Streams, read_stream
 
 SPEC = RenderSpec(width=40, height=32)  # 16 bars, 2 px each: small and fast
 
@@ -332,7 +333,7 @@ def test_the_chart_alone_is_enough_to_learn_what_it_shows(
 def test_stop_on_total_counts_the_pattern_loss_and_is_validated(
     parts: tuple[SampleSet, SampleSet, SampleSet],
 ) -> None:
-    from aiopt_lib.errors import ConfigError
+    from aiopt_lib.core.errors import ConfigError
 
     with pytest.raises(ConfigError, match="stop_on"):
         CompactConfig(stop_on="pattern")

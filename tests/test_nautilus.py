@@ -7,12 +7,18 @@ import numpy as np
 import polars as pl
 import pytest
 
-from aiopt_lib.backtest import ExecutionConfig, fill_prices
-from aiopt_lib.errors import ConfigError
-from aiopt_lib.nautilus import SignalPlan, SpecFeeModel, build_engine, quote_path, run_nautilus
-from aiopt_lib.search import builtin_template
-from aiopt_lib.sources import load_sample
-from aiopt_lib.strategy import Distance, StrategySpec, backtest, compile_signals
+from aiopt_lib.core.errors import ConfigError
+from aiopt_lib.data.sources import load_sample
+from aiopt_lib.execution.nautilus import (
+    SignalPlan,
+    SpecFeeModel,
+    build_engine,
+    quote_path,
+    run_nautilus,
+)
+from aiopt_lib.strategy.backtest import ExecutionConfig, fill_prices
+from aiopt_lib.strategy.search import builtin_template
+from aiopt_lib.strategy.spec import Distance, StrategySpec, backtest, compile_signals
 
 COMPARED = ("entry_ts", "exit_ts", "side", "exit_reason")
 PRICES = ("entry_price", "exit_price")

@@ -18,8 +18,9 @@ import pytest
 from nautilus_trader.analysis.analyzer import PortfolioAnalyzer
 from nautilus_trader.model.enums import ContingencyType
 
-from aiopt_lib.errors import ConfigError
-from aiopt_lib.nautilus import (
+from aiopt_lib.core.errors import ConfigError
+from aiopt_lib.data.sources import load_sample
+from aiopt_lib.execution.nautilus import (
     PREDICTIONS,
     VENUE,
     NautilusRun,
@@ -37,9 +38,8 @@ from aiopt_lib.nautilus import (
     run_nautilus,
     run_nautilus_full,
 )
-from aiopt_lib.search import builtin_template
-from aiopt_lib.sources import load_sample
-from aiopt_lib.strategy import Distance, StrategySpec, backtest, compile_signals
+from aiopt_lib.strategy.search import builtin_template
+from aiopt_lib.strategy.spec import Distance, StrategySpec, backtest, compile_signals
 
 
 @pytest.fixture(scope="module")

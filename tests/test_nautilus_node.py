@@ -10,8 +10,9 @@ import pytest
 from nautilus_trader.config import TradingNodeConfig
 from nautilus_trader.model.data import Bar, QuoteTick
 
-from aiopt_lib.errors import ConfigError
-from aiopt_lib.nautilus import (
+from aiopt_lib.core.errors import ConfigError
+from aiopt_lib.data.sources import load_sample
+from aiopt_lib.execution.nautilus import (
     node_run_config,
     paper_trading_node_config,
     read_signal_plan,
@@ -21,8 +22,7 @@ from aiopt_lib.nautilus import (
     statistics_table,
     write_catalog,
 )
-from aiopt_lib.sources import load_sample
-from aiopt_lib.strategy import Distance, StrategySpec, backtest
+from aiopt_lib.strategy.spec import Distance, StrategySpec, backtest
 
 
 @pytest.fixture(scope="module")
@@ -126,8 +126,8 @@ def test_node_run_config_is_plain_data(bars, spec, tmp_path) -> None:
 
 
 def test_signal_plan_round_trip(bars, spec, tmp_path) -> None:
-    from aiopt_lib.nautilus import SignalPlan, build_engine, write_signal_plan
-    from aiopt_lib.strategy import compile_signals
+    from aiopt_lib.execution.nautilus import SignalPlan, build_engine, write_signal_plan
+    from aiopt_lib.strategy.spec import compile_signals
 
     engine, data = build_engine(bars.head(200), spec)
     engine.dispose()
@@ -178,7 +178,7 @@ def test_paper_trading_gateway_credentials_stay_in_the_environment() -> None:
 
 
 def test_first_difference_names_the_first_unequal_trade(full) -> None:
-    from aiopt_lib.nautilus import first_difference
+    from aiopt_lib.execution.nautilus import first_difference
 
     trades = full.trades
     assert first_difference(trades, trades) is None

@@ -15,10 +15,10 @@ import nbformat
 import papermill
 import polars as pl
 import pytest
+from browser_check import check_page, ensure_chromium, expected_charts
 
-from aiopt_lib.bars import check_bars
-from aiopt_lib.browser import check_page, ensure_chromium, expected_charts
-from aiopt_lib.search import load_ranking
+from aiopt_lib.core.bars import check_bars
+from aiopt_lib.strategy.search import load_ranking
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
@@ -57,7 +57,7 @@ def run_aiopt(
     args = [
         sys.executable,
         "-m",
-        "aiopt_lib.cli",
+        "aiopt_lib.runs.cli",
         "run",
         "--config",
         str(config or ROOT / "papermill_runs" / "default.yaml"),

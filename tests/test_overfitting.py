@@ -12,7 +12,7 @@ import polars as pl
 import pytest
 from scipy.stats import norm
 
-from aiopt_lib.overfitting import (
+from aiopt_lib.strategy.overfitting import (
     DuplicateGroup,
     collapse_near_duplicates,
     daily_returns,

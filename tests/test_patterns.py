@@ -2,7 +2,7 @@
 
 Two independent evaluators live here, both bar by bar on plain Python floats:
 
-* ``eval_tree`` walks the rule tree of :mod:`aiopt_lib.patterns` (checks the polars renderer);
+* ``eval_tree`` walks the rule tree of :mod:`aiopt_lib.features.patterns` (checks the polars renderer);
 * ``PineEvaluator`` parses the Pine text a pattern renders to, with Pine's operator precedence,
   and evaluates it (checks that the Pine renderer keeps the meaning).
 
@@ -23,9 +23,10 @@ import numpy as np
 import polars as pl
 import pytest
 
-from aiopt_lib.bars import TS_DTYPE
-from aiopt_lib.errors import ConfigError
-from aiopt_lib.patterns import (
+from aiopt_lib.core.bars import TS_DTYPE
+from aiopt_lib.core.errors import ConfigError
+from aiopt_lib.data.sources import load_sample
+from aiopt_lib.features.patterns import (
     PATTERNS,
     Abs,
     And,
@@ -46,11 +47,10 @@ from aiopt_lib.patterns import (
     pattern_columns,
     pine_indicator,
 )
-from aiopt_lib.patterns import C as Cl
-from aiopt_lib.patterns import H as Hi
-from aiopt_lib.patterns import L as Lo
-from aiopt_lib.patterns import O as Op
-from aiopt_lib.sources import load_sample
+from aiopt_lib.features.patterns import C as Cl
+from aiopt_lib.features.patterns import H as Hi
+from aiopt_lib.features.patterns import L as Lo
+from aiopt_lib.features.patterns import O as Op
 
 Candle = tuple[float, float, float, float]  # open, high, low, close
 
@@ -401,7 +401,7 @@ def test_registry_metadata() -> None:
 
 
 def _nodes(node: Any) -> list[Any]:
-    # an own walk (not aiopt_lib.patterns.walk), over dataclass fields
+    # an own walk (not aiopt_lib.features.patterns.walk), over dataclass fields
     found = [node]
     if dataclasses.is_dataclass(node):
         for field in dataclasses.fields(node):
@@ -466,7 +466,7 @@ def test_appending_bars_never_changes_earlier_values(
 
 
 def test_generic_lookahead_checker(sample: pl.DataFrame) -> None:
-    from aiopt_lib.lookahead import check_no_lookahead
+    from aiopt_lib.features.lookahead import check_no_lookahead
 
     report = check_no_lookahead(
         add_patterns, sample[:2500], n_cuts=6, seed=3, columns=pattern_columns()
@@ -1083,12 +1083,12 @@ def test_fired_bars_have_the_properties_the_definitions_imply(
 
 
 # ---------------------------------------------------------------------------------------------
-# An EMA trend context (needs aiopt_lib.indicators.ema, TradingView's ta.ema)
+# An EMA trend context (needs aiopt_lib.features.indicators.ema, TradingView's ta.ema)
 
 
 @pytest.mark.skipif(
-    importlib.util.find_spec("aiopt_lib.indicators") is None,
-    reason="aiopt_lib.indicators (TradingView ema) is not there yet",
+    importlib.util.find_spec("aiopt_lib.features.indicators") is None,
+    reason="aiopt_lib.features.indicators (TradingView ema) is not there yet",
 )
 def test_ema_trend_context_matches_tradingview_in_both_renderings(sample: pl.DataFrame) -> None:
     ema = MovingAverage("ema", Cl(0), 8, 1)

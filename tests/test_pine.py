@@ -1,4 +1,4 @@
-"""Pine Script export (aiopt_lib.pine): generation from every built-in template, validation with
+"""Pine Script export (aiopt_lib.pine.export): generation from every built-in template, validation with
 positions, auto-correction of the broken-script corpus in tests/data/pine."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from aiopt_lib.pine import (
+from aiopt_lib.pine.export import (
     Call,
     If,
     Input,
@@ -24,8 +24,8 @@ from aiopt_lib.pine import (
     spec_to_ir,
     spec_to_pine,
 )
-from aiopt_lib.search import builtin_template
-from aiopt_lib.strategy import Costs, Distance, StrategySpec
+from aiopt_lib.strategy.search import builtin_template
+from aiopt_lib.strategy.spec import Costs, Distance, StrategySpec
 
 CORPUS = Path(__file__).parent / "data" / "pine"
 TEMPLATES = ("ema_cross", "bollinger_reversion", "pattern_rsi")
@@ -464,9 +464,9 @@ def test_conditional_ta_severity_by_construct() -> None:
 
 
 def test_cli_exports_a_ranking_and_checks_files(tmp_path, capsys):
-    from aiopt_lib.cli import main
-    from aiopt_lib.search import SearchConfig, builtin_template, run_search, save_ranking
-    from aiopt_lib.sources import load_sample
+    from aiopt_lib.data.sources import load_sample
+    from aiopt_lib.runs.cli import main
+    from aiopt_lib.strategy.search import SearchConfig, builtin_template, run_search, save_ranking
 
     bars = load_sample()
     config = SearchConfig(n_trials=6, n_folds=1, min_trades=1, top_k=2)

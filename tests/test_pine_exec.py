@@ -1,4 +1,4 @@
-"""Offline Pine execution (aiopt_lib.pine_exec): exported strategies run in PyneCore on the real
+"""Offline Pine execution (aiopt_lib.pine.offline): exported strategies run in PyneCore on the real
 EUR/USD sample and their trades held against the engine's (issue 8 §4)."""
 
 from __future__ import annotations
@@ -9,8 +9,9 @@ from collections import Counter
 import polars as pl
 import pytest
 
-from aiopt_lib.pine import spec_to_pine
-from aiopt_lib.pine_exec import (
+from aiopt_lib.data.sources import load_sample
+from aiopt_lib.pine.export import spec_to_pine
+from aiopt_lib.pine.offline import (
     PineExecError,
     compare_trades,
     label_exit_legs,
@@ -21,9 +22,8 @@ from aiopt_lib.pine_exec import (
     tradingview_period,
     transpile_pine,
 )
-from aiopt_lib.search import builtin_template
-from aiopt_lib.sources import load_sample
-from aiopt_lib.strategy import Costs, Distance, StrategySpec, backtest
+from aiopt_lib.strategy.search import builtin_template
+from aiopt_lib.strategy.spec import Costs, Distance, StrategySpec, backtest
 
 TICK = 1e-5
 # costs TradingView represents exactly: no spread, commission per unit, slippage in ticks

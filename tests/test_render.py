@@ -16,12 +16,12 @@ import polars as pl
 import pytest
 from PIL import Image
 
-import aiopt_lib.indicators as ind
-from aiopt_lib import render
-from aiopt_lib.bars import TS_DTYPE
-from aiopt_lib.errors import ConfigError, DataError
-from aiopt_lib.render import RenderSpec
-from aiopt_lib.sources import load_sample
+import aiopt_lib.features.indicators as ind
+from aiopt_lib.core.bars import TS_DTYPE
+from aiopt_lib.core.errors import ConfigError, DataError
+from aiopt_lib.data.sources import load_sample
+from aiopt_lib.features import render
+from aiopt_lib.features.render import RenderSpec
 
 OVERLAYS = ("ema_20", "sma_50", "bb_upper_20_2", "bb_lower_20_2")
 

@@ -18,15 +18,15 @@ import numpy as np
 import plotly.graph_objects as go
 import polars as pl
 import pytest
+from browser_check import PageCheck, check_page, ensure_chromium, expected_charts
 from PIL import Image
 
-from aiopt_lib import charts
-from aiopt_lib.browser import PageCheck, check_page, ensure_chromium, expected_charts
-from aiopt_lib.errors import ConfigError, DataError
-from aiopt_lib.labels import class_balance, triple_barrier_labels
-from aiopt_lib.render import RenderSpec, render_windows
-from aiopt_lib.runner import notebook_to_html
-from aiopt_lib.sources import load_sample
+from aiopt_lib.core.errors import ConfigError, DataError
+from aiopt_lib.data.sources import load_sample
+from aiopt_lib.features.labels import class_balance, triple_barrier_labels
+from aiopt_lib.features.render import RenderSpec, render_windows
+from aiopt_lib.runs.runner import notebook_to_html
+from aiopt_lib.viz import charts
 
 
 @pytest.fixture(scope="module")

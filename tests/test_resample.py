@@ -4,8 +4,8 @@ import numpy as np
 import polars as pl
 import pytest
 
-from aiopt_lib.bars import TS_DTYPE, check_bars
-from aiopt_lib.resample import resample_bars, ticks_to_bars
+from aiopt_lib.core.bars import TS_DTYPE, check_bars
+from aiopt_lib.data.resample import resample_bars, ticks_to_bars
 
 
 def random_bars(n: int, step: dt.timedelta, seed: int = 0, start=None) -> pl.DataFrame:

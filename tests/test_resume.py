@@ -1,5 +1,5 @@
 """Resume, force, failure records, kill-and-rerun, monitoring figures and index.html content of
-runs (aiopt_lib.runner), on tiny notebooks built here and executed for real by papermill."""
+runs (aiopt_lib.runs.runner), on tiny notebooks built here and executed for real by papermill."""
 
 import hashlib
 import os
@@ -14,7 +14,8 @@ import psutil
 import pytest
 from notebook_helpers import write_config, write_notebook
 
-from aiopt_lib.runner import (
+from aiopt_lib.core.streams import Streams
+from aiopt_lib.runs.runner import (
     SKIPPED_MESSAGE,
     StageFailedError,
     load_run_config,
@@ -22,7 +23,6 @@ from aiopt_lib.runner import (
     run_pipeline,
     stage_key,
 )
-from aiopt_lib.streams import Streams
 
 # stage a: a random token (so a recomputation is visible) + bars.parquet + ranking.json
 STAGE_A = [
@@ -193,7 +193,7 @@ def artifact_k(tmp_path: Path) -> tuple[str, int]:
 
 def cli_run(tmp_path: Path, config: Path) -> list[str]:
     return [
-        sys.executable, "-m", "aiopt_lib.cli", "run", "--config", str(config),
+        sys.executable, "-m", "aiopt_lib.runs.cli", "run", "--config", str(config),
         "--run-id", "k", "--runs-dir", str(tmp_path / "runs"),
         "--reports-dir", str(tmp_path / "reports"),
     ]  # fmt: skip

@@ -6,8 +6,8 @@ import nbformat
 import pytest
 from notebook_helpers import write_config, write_notebook
 
-from aiopt_lib.errors import ConfigError
-from aiopt_lib.runner import (
+from aiopt_lib.core.errors import ConfigError
+from aiopt_lib.runs.runner import (
     StageFailedError,
     load_run_config,
     new_run_id,

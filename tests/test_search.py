@@ -1,4 +1,4 @@
-"""The walk-forward Optuna search, its storage, workers and ranking (aiopt_lib/search.py)."""
+"""The walk-forward Optuna search, its storage, workers and ranking (aiopt_lib/strategy/search.py)."""
 
 from __future__ import annotations
 
@@ -12,10 +12,11 @@ import optuna
 import polars as pl
 import pytest
 
-from aiopt_lib.backtest import backtest_metrics
-from aiopt_lib.cli import main
-from aiopt_lib.errors import ConfigError
-from aiopt_lib.search import (
+from aiopt_lib.core.errors import ConfigError
+from aiopt_lib.data.sources import load_sample
+from aiopt_lib.runs.cli import main
+from aiopt_lib.strategy.backtest import backtest_metrics
+from aiopt_lib.strategy.search import (
     ParamRange,
     SearchConfig,
     SearchTemplate,
@@ -29,8 +30,7 @@ from aiopt_lib.search import (
     walk_forward_folds,
     window_metrics,
 )
-from aiopt_lib.sources import load_sample
-from aiopt_lib.strategy import check_spec_no_lookahead
+from aiopt_lib.strategy.spec import check_spec_no_lookahead
 
 
 @pytest.fixture(scope="module")

@@ -23,24 +23,25 @@ import polars as pl
 import pytest
 from notebook_helpers import write_config, write_notebook
 
-from aiopt_lib.batch import batch_run_id, load_batch
-from aiopt_lib.errors import ConfigError, DataError, plain_name
-from aiopt_lib.labels import CLASSES, LABEL_DTYPE
-from aiopt_lib.models import (
+from aiopt_lib.core.errors import ConfigError, DataError, plain_name
+from aiopt_lib.features.labels import CLASSES, LABEL_DTYPE
+from aiopt_lib.models import load_model
+from aiopt_lib.models.base import MODEL_FILE, SampleSet, write_model_file
+from aiopt_lib.models.networks import (
     ESTIMATOR_FILE,
     CompactConfig,
     GradientBoostingBaseline,
     GradientBoostingConfig,
     LogisticBaseline,
 )
-from aiopt_lib.runner import (
+from aiopt_lib.runs.batch import batch_run_id, load_batch
+from aiopt_lib.runs.runner import (
     NotebookStep,
     RunConfig,
     load_run_config,
     read_stage_record,
     run_pipeline,
 )
-from aiopt_lib.signals import MODEL_FILE, SampleSet, load_model, write_model_file
 
 REPO = Path(__file__).resolve().parents[1]
 BAD_NAMES = ("../../victim", "a/b", "..", ".", "", ".hidden", "a\\b", "x/../..", "ok\n")
@@ -129,7 +130,7 @@ def test_the_cli_refuses_a_traversing_run_id_in_one_line(tmp_path: Path) -> None
     decoy = victim / ".x.abc.tmp"
     decoy.write_text("keep")
     command = [
-        sys.executable, "-m", "aiopt_lib.cli", "run", "--config", str(config),
+        sys.executable, "-m", "aiopt_lib.runs.cli", "run", "--config", str(config),
         "--run-id", "../../victim", "--runs-dir", str(tmp_path / "a" / "runs"),
         "--reports-dir", str(tmp_path / "a" / "reports"),
     ]  # fmt: skip
@@ -303,7 +304,7 @@ def tiny_vlm(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A saved vlm folder around a tiny random LLaVA, self-contained (``model_id: model``)."""
     from test_vlm import build_tiny_llava  # skips without torch / transformers / peft
 
-    from aiopt_lib.vlm import VisionLanguageSignalModel
+    from aiopt_lib.models.vlm import VisionLanguageSignalModel
 
     root = tmp_path_factory.mktemp("vlm")
     base = build_tiny_llava(root / "base")
@@ -335,7 +336,7 @@ def _with_remote_code(saved: Path, target: Path, sentinel: Path, *, asks: bool =
 def test_a_folder_asking_for_remote_code_needs_the_callers_opt_in(
     tiny_vlm: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from aiopt_lib.vlm import VisionLanguageSignalModel
+    from aiopt_lib.models.vlm import VisionLanguageSignalModel
 
     sentinel = tmp_path / "sentinel"
     evil = _with_remote_code(tiny_vlm, tmp_path / "evil", sentinel)
@@ -365,7 +366,7 @@ def test_a_folder_asking_for_remote_code_needs_the_callers_opt_in(
 def test_the_callers_opt_in_is_honoured(tiny_vlm: Path, tmp_path: Path) -> None:
     from test_vlm import _samples
 
-    from aiopt_lib.vlm import VisionLanguageSignalModel
+    from aiopt_lib.models.vlm import VisionLanguageSignalModel
 
     # in process: a folder that asks, with no custom code to run, loads and predicts
     folder = shutil.copytree(tiny_vlm, tmp_path / "asks")
@@ -384,7 +385,7 @@ def test_the_callers_opt_in_is_honoured(tiny_vlm: Path, tmp_path: Path) -> None:
     sentinel = tmp_path / "sentinel"
     evil = _with_remote_code(tiny_vlm, tmp_path / "evil", sentinel)
     script = (
-        "import sys\nfrom aiopt_lib.signals import load_model\n"
+        "import sys\nfrom aiopt_lib.models import load_model\n"
         "print(type(load_model(sys.argv[1]).processor).__name__)\n"
     )
     env = {

@@ -7,17 +7,17 @@ import numpy as np
 import polars as pl
 import pytest
 
-from aiopt_lib.dataset import DatasetConfig, build_dataset, read_dataset_bars, read_samples
-from aiopt_lib.errors import ConfigError, DataError
-from aiopt_lib.render import RenderSpec, render_windows
-from aiopt_lib.signals import (
+from aiopt_lib.core.errors import ConfigError, DataError
+from aiopt_lib.data.sources import load_sample
+from aiopt_lib.features.dataset import DatasetConfig, build_dataset, read_dataset_bars, read_samples
+from aiopt_lib.features.render import RenderSpec, render_windows
+from aiopt_lib.models import load_model
+from aiopt_lib.models.base import (
     SampleSet,
     check_probabilities,
-    load_model,
     load_sample_set,
     write_model_file,
 )
-from aiopt_lib.sources import load_sample
 
 SPEC = RenderSpec(width=48, height=48)
 

@@ -1,4 +1,4 @@
-"""Tests of aiopt_lib.sources: CSV/Parquet/frame readers, the embedded sample and load_bars."""
+"""Tests of aiopt_lib.data.sources: CSV/Parquet/frame readers, the embedded sample and load_bars."""
 
 from __future__ import annotations
 
@@ -12,10 +12,10 @@ import polars as pl
 import pyarrow.parquet as pq
 import pytest
 
-from aiopt_lib.atomic import write_parquet_atomic
-from aiopt_lib.bars import TICK_COLUMNS, TS_DTYPE, check_bars
-from aiopt_lib.errors import ConfigError, DataError
-from aiopt_lib.sources import (
+from aiopt_lib.core.atomic import write_parquet_atomic
+from aiopt_lib.core.bars import TICK_COLUMNS, TS_DTYPE, check_bars
+from aiopt_lib.core.errors import ConfigError, DataError
+from aiopt_lib.data.sources import (
     DEFAULT_SAMPLE,
     SourceWarning,
     build_sample,

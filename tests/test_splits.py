@@ -8,8 +8,8 @@ import numpy as np
 import polars as pl
 import pytest
 
-from aiopt_lib.errors import ConfigError, DataError
-from aiopt_lib.splits import (
+from aiopt_lib.core.errors import ConfigError, DataError
+from aiopt_lib.features.splits import (
     Split,
     purged_kfold_splits,
     purged_split,

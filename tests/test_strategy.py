@@ -13,8 +13,15 @@ import numpy as np
 import polars as pl
 import pytest
 
-from aiopt_lib import strategy
-from aiopt_lib.backtest import (
+from aiopt_lib.core.bars import infer_timeframe
+from aiopt_lib.core.errors import ConfigError
+from aiopt_lib.data.dukascopy import POINT_VALUES
+from aiopt_lib.data.sources import load_sample
+from aiopt_lib.features.indicators import IndicatorParams, add_indicators, column_name, ema, sma
+from aiopt_lib.features.lookahead import LookaheadError, check_no_lookahead
+from aiopt_lib.features.patterns import PATTERNS, add_patterns
+from aiopt_lib.strategy import spec as strategy
+from aiopt_lib.strategy.backtest import (
     BacktestResult,
     ExecutionConfig,
     OrderSignals,
@@ -23,14 +30,7 @@ from aiopt_lib.backtest import (
     metrics_from_arrays,
     run_backtest,
 )
-from aiopt_lib.bars import infer_timeframe
-from aiopt_lib.dukascopy import POINT_VALUES
-from aiopt_lib.errors import ConfigError
-from aiopt_lib.indicators import IndicatorParams, add_indicators, column_name, ema, sma
-from aiopt_lib.lookahead import LookaheadError, check_no_lookahead
-from aiopt_lib.patterns import PATTERNS, add_patterns
-from aiopt_lib.sources import load_sample
-from aiopt_lib.strategy import (
+from aiopt_lib.strategy.spec import (
     AiProbability,
     Arith,
     BoolConst,

@@ -1,5 +1,5 @@
-"""Bar-by-bar evaluation of a StrategySpec (:mod:`aiopt_lib.streaming`) against the vectorised
-:func:`~aiopt_lib.strategy.compile_signals` on the EUR/USD 2017 sample: every indicator output
+"""Bar-by-bar evaluation of a StrategySpec (:mod:`aiopt_lib.strategy.streaming`) against the vectorised
+:func:`~aiopt_lib.strategy.spec.compile_signals` on the EUR/USD 2017 sample: every indicator output
 (default and other arguments) to 1e-12 relative with NaN in the same places, the four built-in
 templates' compiled booleans identical and their distances equal, and no look-ahead."""
 
@@ -11,13 +11,19 @@ import numpy as np
 import polars as pl
 import pytest
 
-from aiopt_lib.backtest import OrderSignals
-from aiopt_lib.errors import ConfigError
-from aiopt_lib.patterns import PATTERNS
-from aiopt_lib.search import builtin_template
-from aiopt_lib.sources import load_sample
-from aiopt_lib.strategy import INDICATORS, SignalContext, StrategySpec, compile_signals, evaluate
-from aiopt_lib.streaming import BarSignals, StreamingEvaluator, streaming_indicator
+from aiopt_lib.core.errors import ConfigError
+from aiopt_lib.data.sources import load_sample
+from aiopt_lib.features.patterns import PATTERNS
+from aiopt_lib.strategy.backtest import OrderSignals
+from aiopt_lib.strategy.search import builtin_template
+from aiopt_lib.strategy.spec import (
+    INDICATORS,
+    SignalContext,
+    StrategySpec,
+    compile_signals,
+    evaluate,
+)
+from aiopt_lib.strategy.streaming import BarSignals, StreamingEvaluator, streaming_indicator
 
 REL = 1e-12
 

@@ -14,9 +14,8 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from aiopt_lib.errors import ConfigError, DataError
-from aiopt_lib.sources import load_sample
-from aiopt_lib.streams import (
+from aiopt_lib.core.errors import ConfigError, DataError
+from aiopt_lib.core.streams import (
     PREDICTIONS_SCHEMA,
     RUN_EVENTS_SCHEMA,
     SCHEMA_FILE,
@@ -31,6 +30,7 @@ from aiopt_lib.streams import (
     read_stream,
     read_stream_schema,
 )
+from aiopt_lib.data.sources import load_sample
 
 UTC = dt.UTC
 
@@ -535,8 +535,8 @@ def test_fixed_schemas_are_declared_for_the_standard_kinds():
 _PRELUDE = """
 import datetime as dt, os, signal, sys, time
 import polars as pl
-import aiopt_lib.streams as streams
-from aiopt_lib.streams import StreamWriter
+import aiopt_lib.core.streams as streams
+from aiopt_lib.core.streams import StreamWriter
 ROOT = sys.argv[1]
 T0 = dt.datetime(2017, 1, 2, tzinfo=dt.UTC)
 SCHEMA = {"seq": pl.Int64, "close": pl.Float64}

@@ -10,10 +10,10 @@ import numpy as np
 import polars as pl
 import pytest
 
-from aiopt_lib.backtest import BacktestResult
-from aiopt_lib.sources import load_sample
-from aiopt_lib.strategy import StrategySpec, backtest
-from aiopt_lib.tearsheet import drawdown_frame, monthly_returns, tearsheet, trade_pnl_histogram
+from aiopt_lib.data.sources import load_sample
+from aiopt_lib.strategy.backtest import BacktestResult
+from aiopt_lib.strategy.spec import StrategySpec, backtest
+from aiopt_lib.viz.tearsheet import drawdown_frame, monthly_returns, tearsheet, trade_pnl_histogram
 
 
 @pytest.fixture(scope="module")

@@ -21,12 +21,13 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 peft = pytest.importorskip("peft")
 
-from aiopt_lib.errors import ConfigError  # noqa: E402
-from aiopt_lib.evaluation import pattern_recognition_report  # noqa: E402
-from aiopt_lib.labels import CLASSES, LABEL_DTYPE  # noqa: E402
-from aiopt_lib.signals import SampleSet, load_model  # noqa: E402
-from aiopt_lib.streams import Streams, read_stream  # noqa: E402
-from aiopt_lib.vlm import (  # noqa: E402
+from aiopt_lib.core.errors import ConfigError  # noqa: E402
+from aiopt_lib.core.streams import Streams, read_stream  # noqa: E402
+from aiopt_lib.features.labels import CLASSES, LABEL_DTYPE  # noqa: E402
+from aiopt_lib.models import load_model  # noqa: E402
+from aiopt_lib.models.base import SampleSet  # noqa: E402
+from aiopt_lib.models.evaluation import pattern_recognition_report  # noqa: E402
+from aiopt_lib.models.vlm import (  # noqa: E402
     LANGUAGE_PROJECTION_PATTERN,
     VisionLanguageSignalModel,
     VlmTrainConfig,

@@ -12,11 +12,11 @@ import numpy as np
 import polars as pl
 import pytest
 
-from aiopt_lib.errors import ConfigError
-from aiopt_lib.search import ParamRange, builtin_template
-from aiopt_lib.sources import load_sample
-from aiopt_lib.strategy import StrategySpec, backtest
-from aiopt_lib.widgets import (
+from aiopt_lib.core.errors import ConfigError
+from aiopt_lib.data.sources import load_sample
+from aiopt_lib.strategy.search import ParamRange, builtin_template
+from aiopt_lib.strategy.spec import StrategySpec, backtest
+from aiopt_lib.viz.widgets import (
     PANEL_METRICS,
     backtest_chart,
     chart_data_rows,

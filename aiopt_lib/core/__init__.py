@@ -1,0 +1,1 @@
+"""Foundations every stage uses: errors, atomic writes, the bars schema, logging streams."""

@@ -1,0 +1,1 @@
+"""Market data in: readers (CSV, Parquet, Dukascopy), validation and cleaning, resampling."""

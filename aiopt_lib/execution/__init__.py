@@ -1,0 +1,1 @@
+"""Strategies in nautilus_trader: confirmation backtests and (later) the live node."""

@@ -1,0 +1,1 @@
+"""TradingView Pine Script: export, checks and fixes, offline execution, the distilled AI gate."""

@@ -1,0 +1,1 @@
+"""Runs of the whole pipeline: papermill runner, batches, the command line."""

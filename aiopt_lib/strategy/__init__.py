@@ -1,0 +1,1 @@
+"""Strategies: the spec and rule language, the backtest engine, bar-by-bar evaluation, the search, overfitting statistics."""

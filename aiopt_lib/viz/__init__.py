@@ -1,0 +1,1 @@
+"""Pictures and panels for people: charts, the tearsheet, the widget panel."""
