@@ -15,6 +15,14 @@ import polars as pl
 
 from aiopt_lib.core.errors import OutputError
 
+__all__ = [
+    "atomic_open",
+    "atomic_path",
+    "write_bytes_atomic",
+    "write_parquet_atomic",
+    "write_text_atomic",
+]
+
 # errors that are about the place written to, not about the data: reported as the target's
 _WRITE_ERRNOS = {
     errno.ENOSPC,

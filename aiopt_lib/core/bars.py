@@ -33,6 +33,18 @@ import polars as pl
 
 from aiopt_lib.core.errors import BarsSchemaError
 
+__all__ = [
+    "BAR_COLUMNS",
+    "TICK_COLUMNS",
+    "Flag",
+    "check_bars",
+    "check_ticks",
+    "ensure_bars",
+    "infer_timeframe",
+    "parse_timeframe",
+    "timeframe_label",
+]
+
 TS_DTYPE = pl.Datetime("us", "UTC")
 PRICE_COLUMNS: tuple[str, ...] = ("open", "high", "low", "close")
 BAR_COLUMNS: tuple[str, ...] = ("ts", *PRICE_COLUMNS, "volume")

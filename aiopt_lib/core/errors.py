@@ -10,6 +10,16 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+__all__ = [
+    "AioptError",
+    "BarsSchemaError",
+    "ConfigError",
+    "DataError",
+    "OutputError",
+    "SearchInterrupted",
+    "plain_name",
+]
+
 
 class AioptError(Exception):
     """Base class of the errors aiopt raises on purpose (bad input, bad configuration)."""

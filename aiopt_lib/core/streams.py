@@ -95,6 +95,8 @@ from aiopt_lib.core.atomic import write_parquet_atomic
 from aiopt_lib.core.bars import TS_DTYPE
 from aiopt_lib.core.errors import AioptError, ConfigError, DataError
 
+__all__ = ["SchemaMismatchError", "StreamWriter", "Streams", "read_stream"]
+
 try:  # Unix only; peak RSS is left null elsewhere
     import resource
 except ImportError:  # pragma: no cover - Windows

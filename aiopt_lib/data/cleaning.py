@@ -125,6 +125,8 @@ from aiopt_lib.core.bars import (
 )
 from aiopt_lib.core.errors import BarsSchemaError, ConfigError, DataError
 
+__all__ = ["CleaningPolicy", "ValidationReport", "classify_gaps", "clean_bars", "validate_bars"]
+
 NEW_YORK = "America/New_York"
 # The weekly FX closure, in New York wall-clock time (DST-aware through the tz database).
 WEEKEND_CLOSE_NY = dt.time(17, 0)  # Friday

@@ -6,6 +6,8 @@ import polars as pl
 
 from aiopt_lib.core.bars import ensure_bars, infer_timeframe, timeframe_label
 
+__all__ = ["describe_bars", "hour_of_week_profile"]
+
 DAY_NAMES = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
 
 

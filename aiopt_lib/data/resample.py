@@ -23,6 +23,8 @@ from aiopt_lib.core.bars import (
     timeframe_label,
 )
 
+__all__ = ["resample_bars", "ticks_to_bars"]
+
 TickPrice = Literal["bid", "ask", "mid", "both"]
 DayStart = Literal["utc", "new_york"]
 

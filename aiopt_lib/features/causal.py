@@ -74,6 +74,8 @@ from aiopt_lib.features.indicators import (
 )
 from aiopt_lib.features.patterns import PatternParams, add_patterns, pattern_columns
 
+__all__ = ["FeatureParams", "add_features", "feature_columns"]
+
 
 @dataclass(frozen=True)
 class Session:

@@ -30,6 +30,8 @@ from aiopt_lib.core.atomic import write_parquet_atomic, write_text_atomic
 from aiopt_lib.core.bars import ensure_bars, infer_timeframe, timeframe_label
 from aiopt_lib.core.errors import ConfigError, DataError
 
+__all__ = ["DatasetConfig", "build_dataset", "read_samples", "render_dataset_images"]
+
 SCHEMA_VERSION = 1
 MANIFEST = "dataset.json"
 ID_COLUMNS = ("sample_id", "symbol", "ts", "window", "image_key")

@@ -66,6 +66,15 @@ from aiopt_lib.core.bars import ensure_bars
 from aiopt_lib.core.errors import ConfigError
 from aiopt_lib.features.indicators import atr as _atr
 
+__all__ = [
+    "CLASSES",
+    "ForwardReturnParams",
+    "TripleBarrierParams",
+    "class_balance",
+    "forward_return_labels",
+    "triple_barrier_labels",
+]
+
 if TYPE_CHECKING:
     from aiopt_lib.features.splits import Split
 

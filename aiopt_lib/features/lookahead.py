@@ -41,6 +41,8 @@ import polars as pl
 from aiopt_lib.core.bars import ASK_COLUMNS, BID_COLUMNS, PRICE_COLUMNS, infer_timeframe
 from aiopt_lib.core.errors import AioptError
 
+__all__ = ["LookaheadError", "check_no_lookahead"]
+
 # Columns in price units: rescaled together when a future is made up, so OHLC stays consistent.
 _PRICE_LIKE: tuple[str, ...] = (*PRICE_COLUMNS, *BID_COLUMNS, *ASK_COLUMNS, "spread")
 _MAX_APPENDED = 256

@@ -77,6 +77,8 @@ import polars as pl
 from aiopt_lib.core.bars import PRICE_COLUMNS, ensure_bars
 from aiopt_lib.core.errors import ConfigError
 
+__all__ = ["PATTERNS", "PatternParams", "add_patterns", "pattern_columns"]
+
 PriceField = Literal["open", "high", "low", "close"]
 Direction = Literal["bullish", "bearish", "neutral"]
 ArithOp = Literal["+", "-", "*"]

@@ -48,6 +48,8 @@ import polars as pl
 
 from aiopt_lib.core.errors import ConfigError, DataError
 
+__all__ = ["Split", "purged_kfold_splits", "purged_split", "walk_forward_splits"]
+
 PARTS: tuple[str, str, str] = ("train", "validation", "test")
 
 Embargo = int | float | dt.timedelta

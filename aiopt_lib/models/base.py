@@ -33,6 +33,8 @@ from aiopt_lib.core.atomic import write_text_atomic
 from aiopt_lib.core.errors import ConfigError, DataError
 from aiopt_lib.features.labels import CLASSES
 
+__all__ = ["FitReport", "SampleSet", "SignalModel", "load_sample_set", "register_model"]
+
 MODEL_FILE = "model.json"
 TRUST_REMOTE_CODE_ENV = "AIOPT_TRUST_REMOTE_CODE"
 

@@ -35,6 +35,14 @@ from aiopt_lib.core.streams import PREDICTIONS_SCHEMA
 from aiopt_lib.features.labels import CLASSES
 from aiopt_lib.models.base import check_probabilities
 
+__all__ = [
+    "TemperatureScaler",
+    "classification_metrics",
+    "evaluation_table",
+    "pattern_recognition_report",
+    "predictions_frame",
+]
+
 PROBABILITY_FLOOR = 1e-15
 """Probabilities are clipped to ``[PROBABILITY_FLOOR, 1]`` before a logarithm (log-loss, logits)."""
 

@@ -58,6 +58,14 @@ from aiopt_lib.models.base import (
     write_model_file,
 )
 
+__all__ = [
+    "CompactChartNet",
+    "CompactConfig",
+    "GradientBoostingBaseline",
+    "LogisticBaseline",
+    "MajorityBaseline",
+]
+
 if TYPE_CHECKING:  # torch is imported lazily: the baselines do not need it
     import torch
 

@@ -93,6 +93,8 @@ from aiopt_lib.models.base import (
     write_model_file,
 )
 
+__all__ = ["VisionLanguageSignalModel", "VlmTrainConfig"]
+
 KIND = "vlm"
 DEFAULT_MODEL_ID = "openbmb/MiniCPM-V-4.6"
 ANSWER_FORMAT = '{"signal": "BUY|SELL|HOLD", "confidence": 0..1, "reasoning": "..."}'

@@ -50,6 +50,8 @@ from aiopt_lib.core.errors import ConfigError
 from aiopt_lib.features import indicators as ind
 from aiopt_lib.features import patterns as pat
 
+__all__ = ["distill_signal_model", "distilled_pine"]
+
 LABELS: tuple[str, str, str] = ("BUY", "SELL", "HOLD")
 """The classes, in the order of the probability columns ``prob_buy, prob_sell, prob_hold``."""
 

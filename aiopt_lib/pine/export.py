@@ -106,6 +106,17 @@ from aiopt_lib.strategy.spec import (
     walk,
 )
 
+__all__ = [
+    "PineExportError",
+    "PineIssue",
+    "check_pine",
+    "export_errors",
+    "export_ranking",
+    "fix_pine",
+    "spec_to_ir",
+    "spec_to_pine",
+]
+
 PineVersion = Literal[5, 6]
 VERSIONS: tuple[int, ...] = (5, 6)
 

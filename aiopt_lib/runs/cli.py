@@ -34,6 +34,8 @@ from pydantic import ValidationError
 from aiopt_lib import __version__
 from aiopt_lib.core.errors import AioptError
 
+__all__ = ["main"]
+
 EXIT_OK = 0
 EXIT_PROBLEMS = 1
 EXIT_ERROR = 2

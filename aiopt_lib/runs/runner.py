@@ -50,6 +50,8 @@ import yaml
 from aiopt_lib.core.atomic import atomic_path, write_text_atomic
 from aiopt_lib.core.errors import AioptError, ConfigError, plain_name
 
+__all__ = ["load_run_config", "run_pipeline"]
+
 RESERVED_PARAMETERS = ("run_dir",)
 STAGES_DIR = "stages"
 SKIPPED_MESSAGE = "skipped (unchanged)"
