@@ -36,6 +36,7 @@ PUBLIC_MODULES = (
     "data.cleaning",
     "data.resample",
     "data.explore",
+    "data.rundir",
     "features.indicators",
     "features.patterns",
     "features.causal",
@@ -58,6 +59,7 @@ PUBLIC_MODULES = (
     "pine.offline",
     "pine.distill",
     "viz.widgets",
+    "runs.parity",
 )
 
 _ALL = re.compile(r"^__all__\s*=\s*(\[.*?\])", re.MULTILINE | re.DOTALL)

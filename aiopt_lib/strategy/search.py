@@ -1248,20 +1248,23 @@ def ranking_document(result: SearchResult) -> dict[str, Any]:
             "end": result.walk_forward_equity.get_column("ts")[-1].isoformat(),
         },
         "top": [
-            {
-                "rank": r.rank,
-                "spec": r.spec.model_dump(mode="json"),
-                "fold": r.fold,
-                "trial": r.trial,
-                "oos_start": r.oos_start.isoformat(),
-                "deflated_sharpe": _finite_or_none(r.deflated_sharpe),
-                "probabilistic_sharpe": _finite_or_none(r.probabilistic_sharpe),
-                "near_duplicates": r.near_duplicates,
-                "in_sample": _jsonable(r.in_sample),
-                "out_of_sample": _jsonable(r.out_of_sample),
-            }
+            {"rank": r.rank, "spec": r.spec.model_dump(mode="json"), **_entry_fields(r)}
             for r in result.top
         ],
+    }
+
+
+def _entry_fields(r: RankedStrategy) -> dict[str, Any]:
+    """A ranked strategy's fields as the ranking file keeps them (all but ``rank`` and ``spec``)."""
+    return {
+        "fold": r.fold,
+        "trial": r.trial,
+        "oos_start": r.oos_start.isoformat(),
+        "deflated_sharpe": _finite_or_none(r.deflated_sharpe),
+        "probabilistic_sharpe": _finite_or_none(r.probabilistic_sharpe),
+        "near_duplicates": r.near_duplicates,
+        "in_sample": _jsonable(r.in_sample),
+        "out_of_sample": _jsonable(r.out_of_sample),
     }
 
 
@@ -1306,6 +1309,69 @@ def load_ranking(path: str | Path) -> list[tuple[StrategySpec, dict[str, Any]]]:
     return entries
 
 
+# the columns of ranking_table, in order
+_RANKING_COLUMNS: dict[str, pl.DataType] = {
+    "rank": pl.Int64(),
+    "strategy": pl.String(),
+    "params": pl.String(),
+    "oos_from": pl.Datetime("us", "UTC"),
+    "oos_sharpe": pl.Float64(),
+    "oos_return": pl.Float64(),
+    "oos_max_dd": pl.Float64(),
+    "oos_trades": pl.Int64(),
+    "is_sharpe": pl.Float64(),
+    "DSR": pl.Float64(),
+    "near_duplicates": pl.Int64(),
+}
+
+
+def ranking_table(
+    ranking: SearchResult
+    | Sequence[RankedStrategy]
+    | Sequence[tuple[StrategySpec, Mapping[str, Any]]],
+) -> pl.DataFrame:
+    """The top strategies as a table, best first: one row per ranked strategy with its
+    out-of-sample figures (``oos_*``: scored on all bars after its training window, from
+    ``oos_from``), its in-sample Sharpe ratio, Deflated Sharpe Ratio and how many near-duplicate
+    parameter sets it stands for.
+
+    ``ranking`` is a fresh search (a :class:`SearchResult` or its ``top``) or a ranking file read
+    back (:func:`load_ranking`): both go through the file's form (:func:`ranking_document`), so
+    the search notebook and the backtest notebook show the same table, undefined figures (NaN)
+    as nulls in both.
+    """
+    if isinstance(ranking, SearchResult):
+        ranking = ranking.top
+    entries = [
+        (item.spec, {"rank": item.rank, **_entry_fields(item)})
+        if isinstance(item, RankedStrategy)
+        else item
+        for item in ranking
+    ]
+    rows = []
+    for spec, extra in entries:
+        oos = extra.get("out_of_sample") or {}
+        ins = extra.get("in_sample") or {}
+        start = extra.get("oos_start")
+        trades = oos.get("trades")
+        rows.append(
+            {
+                "rank": extra.get("rank"),
+                "strategy": spec.name,
+                "params": str(spec.params),
+                "oos_from": dt.datetime.fromisoformat(start) if start else None,
+                "oos_sharpe": oos.get("sharpe"),
+                "oos_return": oos.get("total_return"),
+                "oos_max_dd": oos.get("max_drawdown"),
+                "oos_trades": None if trades is None else round(trades),
+                "is_sharpe": ins.get("sharpe"),
+                "DSR": extra.get("deflated_sharpe"),
+                "near_duplicates": extra.get("near_duplicates"),
+            }
+        )
+    return pl.DataFrame(rows, schema=_RANKING_COLUMNS)
+
+
 __all__ = [
     "Fold",
     "ParamRange",
@@ -1324,6 +1390,7 @@ __all__ = [
     "optimise",
     "rank_trials",
     "ranking_document",
+    "ranking_table",
     "run_search",
     "save_ranking",
     "walk_forward_folds",
