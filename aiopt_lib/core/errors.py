@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
 __all__ = [
     "AioptError",
@@ -18,6 +19,7 @@ __all__ = [
     "OutputError",
     "SearchInterrupted",
     "plain_name",
+    "validation_problems",
 ]
 
 
@@ -105,3 +107,16 @@ def plain_name(value: object, what: str) -> str:
         f"{what} {value!r} is not a plain name: use letters, digits, '-', '_' or '.', "
         "not starting with '.' (no '/', '\\' or '..')"
     )
+
+
+def validation_problems(exc: Any) -> list[tuple[str, str]]:
+    """A pydantic ``ValidationError`` as ``(location, message)`` pairs a user can read: the
+    location dotted (``space.stop_atr``; empty for the model as a whole), pydantic's
+    ``"Value error, "`` prefix dropped from our validators' messages."""
+    return [
+        (
+            ".".join(str(part) for part in error["loc"]),
+            str(error["msg"]).removeprefix("Value error, "),
+        )
+        for error in exc.errors()
+    ]

@@ -32,7 +32,7 @@ from typing import TypeVar
 from pydantic import ValidationError
 
 from aiopt_lib import __version__
-from aiopt_lib.core.errors import AioptError
+from aiopt_lib.core.errors import AioptError, validation_problems
 
 __all__ = ["main"]
 
@@ -170,11 +170,10 @@ def _settings_problems(
     """pydantic's report as one line a CLI user can act on: each bad setting by its option
     (``from_flags``: the settings given as options; the others came from ``config_file``)."""
     problems = []
-    for error in exc.errors():
-        message = str(error["msg"]).removeprefix("Value error, ")
+    for error, (location, message) in zip(exc.errors(), validation_problems(exc), strict=True):
         if message.startswith("Input should be"):  # pydantic's type errors: show the value
             message = f"{message[0].lower()}{message[1:]}, got {error['input']!r}"
-        field = str(error["loc"][0]) if error["loc"] else ""
+        field = location.split(".")[0]
         if field in from_flags:
             where = _SEARCH_OPTIONS[field]
         else:
@@ -745,9 +744,7 @@ def _one_line(exc: Exception) -> str:
     type and a pointer to --debug (an unexpected error is a bug worth a traceback)."""
     if isinstance(exc, ValidationError):
         message = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or 'value'}: "
-            f"{str(e['msg']).removeprefix('Value error, ')}"
-            for e in exc.errors()
+            f"{where or 'value'}: {problem}" for where, problem in validation_problems(exc)
         )
     elif isinstance(exc, FileNotFoundError) and exc.filename:
         message = f"{exc.filename}: file not found"

@@ -828,12 +828,11 @@ def _claim_study(study: optuna.Study, template: SearchTemplate, storage_url: str
     (its trials' params would not fit this one's)."""
     name = template.spec.name
     stored = study.user_attrs.get("template")
-    trials = study.get_trials(deepcopy=False)
-    foreign = sorted({p for t in trials for p in t.params} - set(template.space))
-    if (stored is not None and stored != name) or foreign:
+    seen = {p for t in study.get_trials(deepcopy=False) for p in t.params}
+    if (stored is not None and stored != name) or seen - set(template.space):
         raise ConfigError(
             f"a study for template {stored or 'another template'!r} (params "
-            f"{sorted({p for t in trials for p in t.params})}) already exists in "
+            f"{sorted(seen)}) already exists in "
             f"{_redacted(storage_url)}; use another --out or --study to search {name!r}"
         )
     if stored is None:

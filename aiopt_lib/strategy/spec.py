@@ -66,7 +66,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, mo
 
 from aiopt_lib.core.atomic import write_text_atomic
 from aiopt_lib.core.bars import ensure_bars, parse_timeframe
-from aiopt_lib.core.errors import ConfigError
+from aiopt_lib.core.errors import ConfigError, validation_problems
 from aiopt_lib.data.dukascopy import POINT_VALUES
 from aiopt_lib.features import indicators as ind
 from aiopt_lib.features.patterns import PATTERNS, PatternParams
@@ -721,9 +721,8 @@ def validate_model(model: type[_M], data: Mapping[str, Any], *, source: str, wha
         return model.model_validate(dict(data))
     except ValidationError as exc:
         problems = "; ".join(
-            (f"{'.'.join(str(p) for p in e['loc'])}: " if e["loc"] else "")
-            + str(e["msg"]).removeprefix("Value error, ")
-            for e in exc.errors()
+            f"{where}: {message}" if where else message
+            for where, message in validation_problems(exc)
         )
         raise ConfigError(f"{source}: invalid {what}: {problems}") from None
     except ConfigError as exc:
