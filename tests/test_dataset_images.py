@@ -11,7 +11,7 @@ import pytest
 
 from aiopt_lib.core.errors import ConfigError
 from aiopt_lib.data.sources import load_sample
-from aiopt_lib.features import render
+from aiopt_lib.features import dataset as dataset_module
 from aiopt_lib.features.dataset import (
     DatasetConfig,
     build_dataset,
@@ -64,7 +64,7 @@ def test_rerun_is_idempotent_and_resumes(small_dataset):
 
 def test_interrupted_run_leaves_no_partial_file_and_finishes_later(small_dataset, monkeypatch):
     calls = {"n": 0}
-    original = render.render_windows
+    original = dataset_module.render_windows
 
     def failing(*args, **kwargs):
         calls["n"] += 1
@@ -72,10 +72,10 @@ def test_interrupted_run_leaves_no_partial_file_and_finishes_later(small_dataset
             raise KeyboardInterrupt("killed mid-run")
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(render, "render_windows", failing)
+    monkeypatch.setattr(dataset_module, "render_windows", failing)
     with pytest.raises(KeyboardInterrupt):
         render_dataset_images(small_dataset, SPEC, workers=1, batch_size=50, progress=False)
-    monkeypatch.setattr(render, "render_windows", original)
+    monkeypatch.setattr(dataset_module, "render_windows", original)
     folder = small_dataset / "images" / "EURUSD"
     assert len(list(folder.glob("*.png"))) == 50
     assert not list(folder.glob(".*"))  # no temporary leftovers

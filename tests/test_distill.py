@@ -22,7 +22,7 @@ from aiopt_lib.pine.distill import (
     distilled_pine,
     feature_frame,
 )
-from aiopt_lib.pine.export import PineExportError, check_pine, spec_to_pine
+from aiopt_lib.pine.export import PineExportError, check_pine, render_statement, spec_to_pine
 from aiopt_lib.pine.offline import compare_trades, run_pine_offline
 from aiopt_lib.strategy.search import builtin_template
 from aiopt_lib.strategy.spec import Costs, backtest
@@ -175,8 +175,8 @@ def test_the_distilled_gate_exports_to_valid_pine(mixed, version):
     text = distilled_pine(spec, model, version=version)
     assert check_pine(text, version) == []
     for declaration in model.pine_declarations():
-        assert declaration.line() in text
-    assert text.index("distill_ema_distance =") < text.index("float ai_buy =")
+        assert render_statement(declaration)[0] in text
+    assert text.index("distill_ema_distance_20 =") < text.index("float ai_buy =")
     # the header reports the fidelity, overall and per class
     assert f"fidelity {model.fidelity:.3f}" in text
     assert "// " + "  BUY: recall" in text
@@ -210,7 +210,9 @@ def test_bad_inputs_are_refused(bars, rsi_model):
     with pytest.raises(ConfigError, match="need at least"):
         distill_signal_model(bars, predictions.head(30))
     with pytest.raises(ConfigError, match="unknown distillation feature"):
-        distill_signal_model(bars, predictions, features=["rsi_99"])
+        distill_signal_model(bars, predictions, features=["vwap_14"])
+    with pytest.raises(ConfigError, match="unknown distillation feature"):
+        distill_signal_model(bars, predictions, features=["rsi_14_open"])  # not a rule source
     # a subset of features by name, patterns included
     model = distill_signal_model(bars, predictions, features=["rsi_14", "pat_doji"], max_depth=2)
     assert [f.name for f in model.features] == ["rsi_14", "pat_doji"]

@@ -18,9 +18,10 @@ from aiopt_lib.features.causal import (
     add_features,
     feature_columns,
 )
-from aiopt_lib.features.indicators import IndicatorParams, add_indicators, atr, indicator_columns
+from aiopt_lib.features.indicators import atr
 from aiopt_lib.features.lookahead import check_no_lookahead
 from aiopt_lib.features.patterns import add_patterns, pattern_columns
+from aiopt_lib.features.registry import IndicatorParams, add_indicators, indicator_columns
 
 
 @pytest.fixture(scope="module")

@@ -7,16 +7,15 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import math
-import subprocess
-import sys
-import textwrap
 
 import numpy as np
 import polars as pl
 import pytest
 import talib
+from pynecore_reference import run_pine_reference
 
 import aiopt_lib.features.indicators as ind
+import aiopt_lib.features.registry as reg
 from aiopt_lib.core.bars import TS_DTYPE
 from aiopt_lib.core.errors import DataError
 from aiopt_lib.data.sources import load_sample
@@ -45,9 +44,9 @@ DEFAULT_COLUMNS = [
 ]
 
 PARAM_SETS = {
-    "default": ind.IndicatorParams(),
+    "default": reg.IndicatorParams(),
     # length-1 averages, a fast MACD length above the slow one, a fractional band multiplier
-    "short": ind.IndicatorParams(
+    "short": reg.IndicatorParams(
         rsi_length=2,
         macd_fast=26,
         macd_slow=12,
@@ -63,7 +62,7 @@ PARAM_SETS = {
         di_length=7,
         adx_smoothing=20,
     ),
-    "long": ind.IndicatorParams(
+    "long": reg.IndicatorParams(
         rsi_length=50,
         macd_fast=50,
         macd_slow=100,
@@ -144,14 +143,14 @@ def walk() -> dict[str, np.ndarray]:
     """One million synthetic one-minute bars, with TA-Lib's and our outputs computed once."""
     open_, high, low, close = random_walk(1_000_000)
     bars = pl.DataFrame({"open": open_, "high": high, "low": low, "close": close})
-    ours = ind.add_indicators(bars)
+    ours = reg.add_indicators(bars)
     return {
         "high": high,
         "low": low,
         "close": close,
         **{
             kind: ours[name].to_numpy()
-            for kind, name in zip(ind.INDICATOR_KINDS, ours.columns[4:], strict=True)
+            for kind, name in zip(reg.INDICATOR_KINDS, ours.columns[4:], strict=True)
         },
     }
 
@@ -181,8 +180,7 @@ def assert_within(ours: np.ndarray, ref: np.ndarray, *, where=None, tol: float =
 
 
 # ---------------------------------------------------------------------------------------------
-# TradingView reference: pynecore runs Pine's built-ins bar by bar. It runs in a subprocess:
-# importing it installs an import hook for the whole interpreter.
+# TradingView reference: pynecore runs Pine's built-ins bar by bar (tests/pynecore_reference.py).
 
 PINE_SCRIPT = '''"""
 @pyne
@@ -216,86 +214,29 @@ def main():
     plot(ta.tr(True), "true_range")
 '''
 
-RUNNER = """
-import json, sys
-from datetime import time
-from pathlib import Path
-import numpy as np
-from pynecore.core.script_runner import ScriptRunner
-from pynecore.core.syminfo import SymInfo, SymInfoInterval, SymInfoSession
-from pynecore.types.ohlcv import OHLCV
-
-jobs = json.loads(Path(sys.argv[1]).read_text())
-days = range(7)
-syminfo = SymInfo(
-    prefix="TEST", description="EUR/USD", ticker="EURUSD", currency="USD", basecurrency="EUR",
-    period="60", type="forex", volumetype="base", mintick=1e-5, pricescale=100000, minmove=1,
-    pointvalue=1.0, mincontract=1.0, timezone="UTC",
-    opening_hours=[SymInfoInterval(day=d, start=time(0, 0, 0), end=time(23, 59, 59)) for d in days],
-    session_starts=[SymInfoSession(day=d, time=time(0, 0, 0)) for d in days],
-    session_ends=[SymInfoSession(day=d, time=time(23, 59, 59)) for d in days],
-)
-for job in jobs:
-    data = np.load(job["bars"])
-    columns = [data[name] for name in ("open", "high", "low", "close", "volume")]
-    candles = [
-        OHLCV(int(t), *(float(column[i]) for column in columns)) for i, t in enumerate(data["ts"])
-    ]
-    runner = ScriptRunner(
-        Path(job["script"]), candles, syminfo, lossless_prices=True, lossless_volume=True
-    )
-    rows = [plots for _, plots in runner.run_iter()]
-    np.savez(job["out"], **{key: np.array([row[key] for row in rows], dtype=float) for key in rows[0]})
-"""
-
 
 @pytest.fixture(scope="module")
 def tradingview(sample, tmp_path_factory) -> dict[tuple[str, str], dict[str, np.ndarray]]:
     """pynecore's outputs for (data set, parameter set): the sample with every parameter set, the
     edge-case bars with the default and short ones."""
-    import json
-
-    work = tmp_path_factory.mktemp("pynecore")
     datasets = {"sample": sample, "edge": edge_bars()}
     runs = [("sample", name) for name in PARAM_SETS] + [("edge", "default"), ("edge", "short")]
-    for name, bars in datasets.items():
-        np.savez(
-            work / f"{name}.npz",
-            ts=bars["ts"].dt.epoch("ms").to_numpy(),
-            **{c: bars[c].to_numpy() for c in ("open", "high", "low", "close", "volume")},
+    jobs = {
+        f"{data_name}_{params_name}": (
+            datasets[data_name],
+            PINE_SCRIPT.format(**dataclasses.asdict(PARAM_SETS[params_name])),
         )
-    jobs = []
-    for data_name, params_name in runs:
-        script = work / f"ref_{data_name}_{params_name}.py"
-        script.write_text(PINE_SCRIPT.format(**dataclasses.asdict(PARAM_SETS[params_name])))
-        out = work / f"out_{data_name}_{params_name}.npz"
-        jobs.append(
-            {"bars": str(work / f"{data_name}.npz"), "script": str(script), "out": str(out)}
-        )
-    (work / "jobs.json").write_text(json.dumps(jobs))
-    (work / "runner.py").write_text(textwrap.dedent(RUNNER))
-    done = subprocess.run(
-        [sys.executable, str(work / "runner.py"), str(work / "jobs.json")],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        cwd=work,
-    )
-    assert done.returncode == 0, (
-        f"pynecore failed (pip install -e '.[dev]'):\n{done.stderr[-3000:]}"
-    )
-    result = {}
-    for (data_name, params_name), job in zip(runs, jobs, strict=True):
-        with np.load(job["out"]) as saved:
-            result[data_name, params_name] = {key: saved[key] for key in saved.files}
-    return result
+        for data_name, params_name in runs
+    }
+    result = run_pine_reference(jobs, tmp_path_factory.mktemp("pynecore"))
+    return {run: result[f"{run[0]}_{run[1]}"] for run in runs}
 
 
 # ---------------------------------------------------------------------------------------------
 # equal to TradingView, warm-up included
 
 
-def expected_first(kind: str, p: ind.IndicatorParams) -> int:
+def expected_first(kind: str, p: reg.IndicatorParams) -> int:
     """The first defined bar of each output, from TradingView's definitions (module docstring)."""
     line = max(p.macd_fast, p.macd_slow) - 1
     k = p.stoch_k_length + p.stoch_k_smoothing - 2
@@ -319,14 +260,14 @@ def expected_first(kind: str, p: ind.IndicatorParams) -> int:
 def test_equal_to_tradingview_on_every_bar_including_warm_up(sample, tradingview, params_name):
     params = PARAM_SETS[params_name]
     ref = tradingview["sample", params_name]
-    ours = ind.add_indicators(sample, params)
-    for kind, name in zip(ind.INDICATOR_KINDS, params.columns(), strict=True):
+    ours = reg.add_indicators(sample, params)
+    for kind, name in zip(reg.INDICATOR_KINDS, params.columns(), strict=True):
         values = ours[name].to_numpy()
         assert_within(values, ref[kind])
         assert first_defined(values) == expected_first(kind, params), kind
     # Bollinger runs TradingView's own rolling sum: identical to the bit, %b and width included
     for kind in ("sma", "bb_basis", "bb_upper", "bb_lower", "bb_pctb", "bb_width"):
-        name = ind.column_name(kind, params)
+        name = params.column(kind)
         np.testing.assert_array_equal(ours[name].to_numpy(), ref[kind], err_msg=kind)
     h, lo, c = (sample[col].to_numpy() for col in ("high", "low", "close"))
     assert_within(ind.true_range(h, lo, c), ref["true_range"])
@@ -339,8 +280,8 @@ def test_equal_to_tradingview_in_flat_and_one_way_markets(tradingview, params_na
     bars = edge_bars()
     params = PARAM_SETS[params_name]
     ref = tradingview["edge", params_name]
-    ours = ind.add_indicators(bars, params)
-    for kind, name in zip(ind.INDICATOR_KINDS, params.columns(), strict=True):
+    ours = reg.add_indicators(bars, params)
+    for kind, name in zip(reg.INDICATOR_KINDS, params.columns(), strict=True):
         assert_within(ours[name].to_numpy(), ref[kind])
     if params_name == "default":
         rsi = ours["rsi_14"].to_numpy()
@@ -400,7 +341,7 @@ def test_a_plain_ewm_from_the_first_bar_is_caught(sample, tradingview):
 def test_equal_to_talib_on_the_sample(sample):
     h, lo, c = (sample[col].to_numpy() for col in ("high", "low", "close"))
     check_talib(
-        h, lo, c, {k: v for k, v in zip(ind.INDICATOR_KINDS, ind_outputs(h, lo, c), strict=True)}
+        h, lo, c, {k: v for k, v in zip(reg.INDICATOR_KINDS, ind_outputs(h, lo, c), strict=True)}
     )
 
 
@@ -409,7 +350,7 @@ def test_equal_to_talib_on_a_million_bars(walk):
 
 
 def ind_outputs(h, lo, c):
-    p = ind.IndicatorParams()
+    p = reg.IndicatorParams()
     line, signal, hist = ind.macd(c)
     plus, minus, adx = ind.dmi(h, lo, c)
     return [
@@ -511,20 +452,20 @@ def check_talib(h, lo, c, ours):
 
 
 def test_no_look_ahead_values_never_change_when_later_bars_change(sample):
-    full = ind.add_indicators(sample)
+    full = reg.add_indicators(sample)
     for cut in (1, 2, 14, 15, 34, 50, 777, 4000, sample.height - 1):
-        prefix = ind.add_indicators(sample.head(cut))
+        prefix = reg.add_indicators(sample.head(cut))
         assert prefix.equals(full.head(cut)), cut
         # later bars replaced by something else entirely: bars up to the cut unchanged
         later = sample.slice(cut).with_columns(pl.col("open", "high", "low", "close") * 1.5 + 0.1)
-        shocked = ind.add_indicators(pl.concat([sample.head(cut), later]))
+        shocked = reg.add_indicators(pl.concat([sample.head(cut), later]))
         assert shocked.head(cut).equals(full.head(cut)), cut
 
 
 @pytest.mark.parametrize("params_name", ["short", "long"])
 def test_no_look_ahead_by_the_project_checker(sample, params_name):
     params = PARAM_SETS[params_name]
-    report = check_no_lookahead(lambda b: ind.add_indicators(b, params), sample, n_cuts=8, seed=4)
+    report = check_no_lookahead(lambda b: reg.add_indicators(b, params), sample, n_cuts=8, seed=4)
     assert report.passed
 
 
@@ -554,21 +495,21 @@ def test_no_look_ahead_numpy_level():
 
 def test_add_indicators_equals_each_function_and_each_add(sample):
     h, lo, c = (sample[col].to_numpy() for col in ("high", "low", "close"))
-    fused = ind.add_indicators(sample)
+    fused = reg.add_indicators(sample)
     assert fused.columns == [*sample.columns, *DEFAULT_COLUMNS]
-    assert ind.indicator_columns() == tuple(DEFAULT_COLUMNS)
+    assert reg.indicator_columns() == tuple(DEFAULT_COLUMNS)
     for name, values in zip(DEFAULT_COLUMNS, ind_outputs(h, lo, c), strict=True):
         np.testing.assert_array_equal(fused[name].to_numpy(), values, err_msg=name)
     one_by_one = sample
-    for add in (ind.add_rsi, ind.add_macd, ind.add_bollinger, ind.add_sma, ind.add_ema):
+    for add in (reg.add_rsi, reg.add_macd, reg.add_bollinger, reg.add_sma, reg.add_ema):
         one_by_one = add(one_by_one)
-    for add in (ind.add_stoch, ind.add_atr, ind.add_dmi):
+    for add in (reg.add_stoch, reg.add_atr, reg.add_dmi):
         one_by_one = add(one_by_one)
     assert one_by_one.select(DEFAULT_COLUMNS).equals(fused.select(DEFAULT_COLUMNS))
 
 
 def test_polars_columns_are_float64_with_null_warm_up(sample):
-    out = ind.add_indicators(sample)
+    out = reg.add_indicators(sample)
     for name in DEFAULT_COLUMNS:
         column = out[name]
         assert column.dtype == pl.Float64
@@ -576,7 +517,7 @@ def test_polars_columns_are_float64_with_null_warm_up(sample):
         assert column.null_count() == first_defined(column.to_numpy()), name
         assert column.head(column.null_count()).is_null().all()
     # a NaN inside a column is null too (%b where the bands coincide)
-    pctb = ind.add_bollinger(edge_bars(), length=5)["bb_pctb_5_2"]
+    pctb = reg.add_bollinger(edge_bars(), length=5)["bb_pctb_5_2"]
     assert pctb.is_nan().sum() == 0 and pctb.slice(4, 16).is_null().all()
     assert (out["rsi_14"] > 70).sum() == (out["rsi_14"].to_numpy() > 70).sum()
 
@@ -589,34 +530,34 @@ def test_indicators_chain_over_another_indicators_warm_up(sample):
     smoothed = ind.sma(rsi, 5)
     assert first_defined(smoothed) == 14 + 4
     np.testing.assert_array_equal(smoothed[18:], ind.sma(rsi[14:], 5)[4:])
-    chained = ind.add_ema(ind.add_rsi(sample), 5, source="rsi_14")
+    chained = reg.add_ema(reg.add_rsi(sample), 5, source="rsi_14")
     assert "ema_5_rsi_14" in chained.columns
     np.testing.assert_array_equal(chained["ema_5_rsi_14"].to_numpy(), ind.ema(rsi, 5))
     # add_indicators over an indicator: the source's warm-up delays only what uses the source
-    with_ema = ind.add_ema(sample, 5)
+    with_ema = reg.add_ema(sample, 5)
     ema5 = with_ema["ema_5"].to_numpy()
-    out = ind.add_indicators(with_ema, ind.IndicatorParams(source="ema_5"))
+    out = reg.add_indicators(with_ema, reg.IndicatorParams(source="ema_5"))
     np.testing.assert_array_equal(out["rsi_14_ema_5"].to_numpy(), ind.rsi(ema5))
     np.testing.assert_array_equal(out["bb_pctb_20_2_ema_5"].to_numpy(), ind.bollinger(ema5)[3])
-    plain = ind.add_indicators(sample)
+    plain = reg.add_indicators(sample)
     for name in ("stoch_k_14_3_3", "atr_14", "adx_14", "plus_di_14"):
         assert out[name].equals(plain[name]), name
 
 
 def test_column_names_come_from_the_parameters():
-    p = ind.IndicatorParams(bb_length=10, bb_mult=2.5, di_length=10, adx_smoothing=20)
-    assert ind.column_name("bb_pctb", p) == "bb_pctb_10_2.5"
-    assert ind.column_name("bb_width", ind.IndicatorParams(bb_mult=3)) == "bb_width_20_3"
-    assert ind.column_name("adx", p) == "adx_10_20"
-    assert ind.column_name("plus_di", p) == "plus_di_10"
-    assert ind.column_name("adx", ind.IndicatorParams(di_length=10, adx_smoothing=10)) == "adx_10"
-    assert ind.column_name("rsi", ind.IndicatorParams(source="open")) == "rsi_14_open"
-    assert ind.column_name("atr", ind.IndicatorParams(source="open")) == "atr_14"
-    assert ind.indicator_columns(p) == p.columns()
-    assert len(set(p.columns())) == len(ind.INDICATOR_KINDS)
+    p = reg.IndicatorParams(bb_length=10, bb_mult=2.5, di_length=10, adx_smoothing=20)
+    assert p.column("bb_pctb") == "bb_pctb_10_2.5"
+    assert reg.IndicatorParams(bb_mult=3).column("bb_width") == "bb_width_20_3"
+    assert p.column("adx") == "adx_10_20"
+    assert p.column("plus_di") == "plus_di_10"
+    assert reg.IndicatorParams(di_length=10, adx_smoothing=10).column("adx") == "adx_10"
+    assert reg.IndicatorParams(source="open").column("rsi") == "rsi_14_open"
+    assert reg.IndicatorParams(source="open").column("atr") == "atr_14"
+    assert reg.indicator_columns(p) == p.columns()
+    assert len(set(p.columns())) == len(reg.INDICATOR_KINDS)
     with pytest.raises(ValueError, match="unknown indicator kind"):
-        ind.column_name("vwap")
-    out = ind.add_dmi(ind.add_bollinger(edge_bars(), 10, 2.5), 10, 20)
+        p.column("vwap")
+    out = reg.add_dmi(reg.add_bollinger(edge_bars(), 10, 2.5), 10, 20)
     assert {"bb_upper_10_2.5", "adx_10_20", "minus_di_10"} <= set(out.columns)
 
 
@@ -626,17 +567,17 @@ def test_column_names_come_from_the_parameters():
 
 def test_parameters_are_checked():
     with pytest.raises(ValueError, match="rsi_length must be an int >= 1"):
-        ind.IndicatorParams(rsi_length=0)
+        reg.IndicatorParams(rsi_length=0)
     with pytest.raises(TypeError, match="macd_fast"):
-        ind.IndicatorParams(macd_fast=2.5)
+        reg.IndicatorParams(macd_fast=2.5)
     with pytest.raises(TypeError, match="atr_length"):
-        ind.IndicatorParams(atr_length=True)
+        reg.IndicatorParams(atr_length=True)
     for mult in (0, -1.0, float("nan"), float("inf")):
         with pytest.raises(ValueError, match="bb_mult"):
-            ind.IndicatorParams(bb_mult=mult)
+            reg.IndicatorParams(bb_mult=mult)
     with pytest.raises(dataclasses.FrozenInstanceError):
-        ind.IndicatorParams().rsi_length = 3  # type: ignore[misc]
-    assert ind.IndicatorParams(sma_length=np.int64(5)).sma_length == 5
+        reg.IndicatorParams().rsi_length = 3  # type: ignore[misc]
+    assert reg.IndicatorParams(sma_length=np.int64(5)).sma_length == 5
     c = np.linspace(1.0, 2.0, 50)
     for call in (lambda: ind.sma(c, 0), lambda: ind.rsi(c, -3), lambda: ind.macd(c, 12, 0)):
         with pytest.raises(ValueError, match=">= 1"):
@@ -652,7 +593,7 @@ def test_bad_inputs_give_clear_errors(sample):
         ind.rsi(c)
     c[100] = np.inf
     with pytest.raises(DataError, match="row 100"):
-        ind.add_rsi(sample.with_columns(pl.Series("close", c)))
+        reg.add_rsi(sample.with_columns(pl.Series("close", c)))
     h, lo = sample["high"].to_numpy(), sample["low"].to_numpy()
     with pytest.raises(DataError, match="field 'low'"):
         ind.atr(h, np.where(np.arange(len(lo)) == 7, np.nan, lo), sample["close"].to_numpy())
@@ -665,17 +606,17 @@ def test_bad_inputs_give_clear_errors(sample):
     with pytest.raises(ValueError, match="differ in length"):
         ind.atr(h, lo[:-1], sample["close"].to_numpy())
     with pytest.raises(DataError, match="missing column 'close'"):
-        ind.add_sma(sample.drop("close"))
+        reg.add_sma(sample.drop("close"))
     with pytest.raises(DataError, match="expected a number"):
-        ind.add_sma(sample.with_columns(pl.col("close").cast(pl.String)))
+        reg.add_sma(sample.with_columns(pl.col("close").cast(pl.String)))
     with pytest.raises(DataError, match="not sorted"):
-        ind.add_indicators(sample.reverse())
+        reg.add_indicators(sample.reverse())
     with pytest.raises(TypeError, match="IndicatorParams"):
-        ind.add_indicators(sample, {"rsi_length": 14})  # type: ignore[arg-type]
+        reg.add_indicators(sample, {"rsi_length": 14})  # type: ignore[arg-type]
     # integers are numbers; empty and one-bar series are fine
     np.testing.assert_array_equal(ind.sma(np.arange(5), 2), [np.nan, 0.5, 1.5, 2.5, 3.5])
     assert ind.rsi(np.array([], dtype=float)).shape == (0,)
-    one_bar = ind.add_indicators(sample.head(1)).select(DEFAULT_COLUMNS)
+    one_bar = reg.add_indicators(sample.head(1)).select(DEFAULT_COLUMNS)
     assert one_bar.null_count().sum_horizontal().item() == len(DEFAULT_COLUMNS)
 
 

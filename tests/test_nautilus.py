@@ -133,7 +133,14 @@ def test_bid_ask_bars_with_a_varying_spread(sample: pl.DataFrame) -> None:
 
 @pytest.mark.parametrize(
     ("template", "seed"),
-    [("ema_cross", 1), ("ema_cross", 2), ("bollinger_reversion", 3), ("pattern_rsi", 4)],
+    [
+        ("ema_cross", 1),
+        ("ema_cross", 2),
+        ("bollinger_reversion", 3),
+        ("pattern_rsi", 4),
+        ("cci_reversion", 5),
+        ("keltner_supertrend", 6),
+    ],
 )
 def test_random_template_specs(sample: pl.DataFrame, template: str, seed: int) -> None:
     tpl = builtin_template(template)
@@ -219,7 +226,17 @@ def test_fills_at_the_signal_bars_close(sample: pl.DataFrame, mode: str) -> None
     assert trades["entry_ts"][0] == sample["ts"][first]
 
 
-@pytest.mark.parametrize("template", ["ema_cross", "bollinger_reversion", "pattern_rsi", "ai_gate"])
+@pytest.mark.parametrize(
+    "template",
+    [
+        "ema_cross",
+        "bollinger_reversion",
+        "pattern_rsi",
+        "ai_gate",
+        "cci_reversion",
+        "keltner_supertrend",
+    ],
+)
 def test_bar_by_bar_mode_trades_equal_the_vectorised_engine(
     sample: pl.DataFrame, template: str
 ) -> None:

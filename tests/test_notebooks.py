@@ -18,7 +18,7 @@ import pytest
 from browser_check import check_page, ensure_chromium, expected_charts
 
 from aiopt_lib.core.bars import check_bars
-from aiopt_lib.strategy.search import load_ranking
+from aiopt_lib.strategy.ranking import load_ranking
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))

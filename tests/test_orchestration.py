@@ -27,10 +27,10 @@ from aiopt_lib.models.evaluation import predictions_frame
 from aiopt_lib.pine.export import spec_to_pine
 from aiopt_lib.pine.offline import run_pine_offline
 from aiopt_lib.runs.parity import EngineParity, engine_parity, parity_table
+from aiopt_lib.strategy.ranking import load_ranking
 from aiopt_lib.strategy.search import (
     SearchConfig,
     builtin_template,
-    load_ranking,
     ranking_table,
     run_search,
     save_ranking,

@@ -28,7 +28,13 @@ from aiopt_lib.strategy.search import builtin_template
 from aiopt_lib.strategy.spec import Costs, Distance, StrategySpec
 
 CORPUS = Path(__file__).parent / "data" / "pine"
-TEMPLATES = ("ema_cross", "bollinger_reversion", "pattern_rsi")
+TEMPLATES = (
+    "ema_cross",
+    "bollinger_reversion",
+    "pattern_rsi",
+    "cci_reversion",
+    "keltner_supertrend",
+)
 AI_RULES = {"ai_buy": "ta.rsi(close, 14) / 100.0", "ai_sell": "1.0 - ta.rsi(close, 14) / 100.0"}
 
 

@@ -26,6 +26,14 @@ from aiopt_lib.strategy.search import builtin_template
 from aiopt_lib.strategy.spec import Costs, Distance, StrategySpec, backtest
 
 TICK = 1e-5
+# every rule template; the last two use the eight indicators added through the registry
+TEMPLATES = [
+    "ema_cross",
+    "bollinger_reversion",
+    "pattern_rsi",
+    "cci_reversion",
+    "keltner_supertrend",
+]
 # costs TradingView represents exactly: no spread, commission per unit, slippage in ticks
 EXACT_COSTS = Costs(spread=0.0, commission_per_unit=0.000025, slippage_ticks=1)
 # a 0.2-pip spread: half of it is one whole tick, exported as one extra slippage tick
@@ -102,7 +110,7 @@ def test_atr_stop_and_take_trade_identically(bars, version):
     assert reasons["stop"] > 0 and reasons["take"] > 0 and reasons["reverse"] > 0
 
 
-@pytest.mark.parametrize("name", ["ema_cross", "bollinger_reversion", "pattern_rsi"])
+@pytest.mark.parametrize("name", TEMPLATES)
 @pytest.mark.parametrize("version", [5, 6])
 def test_builtin_templates_trade_identically(bars, name, version):
     spec = builtin_template(name).spec.model_copy(update={"costs": EXACT_COSTS})
@@ -117,7 +125,7 @@ def test_builtin_templates_trade_identically(bars, name, version):
     assert report.reason_differences == sum(pairs.values())
 
 
-@pytest.mark.parametrize("name", ["ema_cross", "bollinger_reversion", "pattern_rsi"])
+@pytest.mark.parametrize("name", TEMPLATES)
 def test_templates_with_their_spread_trade_identically(bars, name):
     """The templates as shipped (0.2-pip spread, commission, slippage): a fixed spread is charged
     as TradingView would (half of it as slippage on market and stop fills), so stops, trailing
@@ -290,7 +298,7 @@ def test_the_symbol_settings():
     assert tradingview_period(dt.timedelta(seconds=30)) == "30S"
 
 
-@pytest.mark.parametrize("name", ["ema_cross", "bollinger_reversion", "pattern_rsi"])
+@pytest.mark.parametrize("name", TEMPLATES)
 def test_twenty_random_specs_per_template_trade_identically(bars, name):
     """Issue 8's parity goal: 20 random feasible parameter sets of each rule template, exported
     to Pine v5, run offline, trade for trade equal to the vectorised engine (commission and

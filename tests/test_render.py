@@ -16,7 +16,7 @@ import polars as pl
 import pytest
 from PIL import Image
 
-import aiopt_lib.features.indicators as ind
+import aiopt_lib.features.registry as ind
 from aiopt_lib.core.bars import TS_DTYPE
 from aiopt_lib.core.errors import ConfigError, DataError
 from aiopt_lib.data.sources import load_sample

@@ -16,13 +16,13 @@ from aiopt_lib.core.errors import ConfigError
 from aiopt_lib.data.sources import load_sample
 from aiopt_lib.runs.cli import main
 from aiopt_lib.strategy.backtest import backtest_metrics
+from aiopt_lib.strategy.ranking import load_ranking
 from aiopt_lib.strategy.search import (
     ParamRange,
     SearchConfig,
     SearchTemplate,
     TrialEvaluator,
     builtin_template,
-    load_ranking,
     load_template,
     load_trials,
     run_search,
@@ -53,7 +53,14 @@ def searched(bars, template, tmp_path_factory):
 
 
 def test_builtin_templates_load_and_name_their_space():
-    for name in ("ema_cross", "bollinger_reversion", "pattern_rsi", "ai_gate"):
+    for name in (
+        "ema_cross",
+        "bollinger_reversion",
+        "pattern_rsi",
+        "ai_gate",
+        "cci_reversion",
+        "keltner_supertrend",
+    ):
         template = builtin_template(name)
         assert set(template.space) <= set(template.spec.params)
     with pytest.raises(ConfigError, match="known"):

@@ -28,6 +28,7 @@ from aiopt_lib.data.sources import (
     read_parquet_source,
     read_source,
     sample_metadata,
+    sample_path,
     sniff_csv_format,
 )
 
@@ -469,8 +470,12 @@ def test_sample_listing_and_metadata() -> None:
     assert (meta["symbol"], meta["side"], meta["timeframe"]) == ("EURUSD", "ask", "1h")
     assert "gym-anytrading" in meta["source"]
     assert meta["licence"].startswith("MIT")
+    assert sample_path() == sample_path(DEFAULT_SAMPLE)
+    assert sample_path().name == f"{DEFAULT_SAMPLE}.parquet" and sample_path().is_file()
     with pytest.raises(ConfigError, match="unknown sample"):
         load_sample("nope")
+    with pytest.raises(ConfigError, match="unknown sample 'nope'; available"):
+        sample_path("nope")
 
 
 def test_sample_files_ship_licence_and_readme() -> None:

@@ -15,12 +15,19 @@ import pytest
 
 from aiopt_lib.core.bars import infer_timeframe
 from aiopt_lib.core.errors import ConfigError
-from aiopt_lib.data.dukascopy import POINT_VALUES
+from aiopt_lib.core.instruments import POINT_VALUES
 from aiopt_lib.data.sources import load_sample
-from aiopt_lib.features.indicators import IndicatorParams, add_indicators, column_name, ema, sma
+from aiopt_lib.features.indicators import ema, sma
 from aiopt_lib.features.lookahead import LookaheadError, check_no_lookahead
 from aiopt_lib.features.patterns import PATTERNS, add_patterns
-from aiopt_lib.strategy import spec as strategy
+from aiopt_lib.features.registry import (
+    INDICATOR_KINDS,
+    IndicatorParams,
+    add_indicators,
+    lookup_output,
+    output_names,
+)
+from aiopt_lib.strategy import rules as strategy
 from aiopt_lib.strategy.backtest import (
     BacktestResult,
     ExecutionConfig,
@@ -30,15 +37,13 @@ from aiopt_lib.strategy.backtest import (
     metrics_from_arrays,
     run_backtest,
 )
-from aiopt_lib.strategy.spec import (
+from aiopt_lib.strategy.rules import (
     AiProbability,
     Arith,
     BoolConst,
     Compare,
     Const,
-    Costs,
     Cross,
-    Distance,
     Indicator,
     Logic,
     Negate,
@@ -49,16 +54,21 @@ from aiopt_lib.strategy.spec import (
     RuleError,
     Shift,
     SignalContext,
+    evaluate,
+    parse_rule,
+    walk,
+)
+from aiopt_lib.strategy.spec import (
+    RULES,
+    Costs,
+    Distance,
     StrategySpec,
     backtest,
     check_spec_no_lookahead,
     compile_signals,
-    evaluate,
     load_spec,
-    parse_rule,
     save_spec,
     signals_frame,
-    walk,
 )
 
 START = dt.datetime(2024, 1, 1, tzinfo=dt.UTC)
@@ -119,11 +129,15 @@ def test_prices_numbers_and_constants_parse() -> None:
     assert parse_rule("+close > 2") == Compare(">", PriceField("close"), Const(2.0))
 
 
-@pytest.mark.parametrize("name", sorted(strategy.INDICATORS))
+@pytest.mark.parametrize("name", output_names())
 def test_every_indicator_parses_with_defaults_and_with_arguments(name: str) -> None:
-    definition = strategy.INDICATORS[name]
-    defaults = tuple(Const(float(d)) for _, d in definition.arguments)
+    definition, _ = lookup_output(name)
+    defaults = tuple(Const(float(d)) for d in definition.defaults)
     assert parse_rule(f"{name}() > 0") == Compare(">", Indicator(name, defaults), Const(0.0))
+    if not defaults:  # obv takes no argument
+        with pytest.raises(RuleError, match="at most 0"):
+            parse_rule(f"{name}(3) > 0")
+        return
     # explicit arguments, the first one a param; the rest fall back to the defaults
     tree = parse_rule(f"{name}(n) > 0", {"n": 7})
     assert tree == Compare(">", Indicator(name, (Param("n"), *defaults[1:])), Const(0.0))
@@ -458,21 +472,21 @@ RULE_CALLS = {
 }
 
 
-def test_the_table_covers_every_indicator() -> None:
-    assert set(RULE_CALLS) == set(strategy.INDICATORS)
+def test_the_table_covers_every_classic_indicator() -> None:
+    assert set(RULE_CALLS) == set(INDICATOR_KINDS)
 
 
 @pytest.mark.parametrize("kind", sorted(RULE_CALLS))
 def test_indicators_equal_add_indicators(sample: pl.DataFrame, kind: str) -> None:
     context = SignalContext(sample)
-    expected = add_indicators(sample, INDICATOR_PARAMS).get_column(column_name(kind, P))
+    expected = add_indicators(sample, INDICATOR_PARAMS).get_column(P.column(kind))
     got = value_of(RULE_CALLS[kind], context)
     assert got.dtype == np.float64
     np.testing.assert_allclose(got, nan_array(expected), rtol=1e-12, atol=1e-12)
     assert np.isnan(got).sum() == expected.is_null().sum()
     assert np.isfinite(got[-100:]).all()
     # defaults: the indicator module's default parameters
-    default = add_indicators(sample).get_column(column_name(kind))
+    default = add_indicators(sample).get_column(IndicatorParams().column(kind))
     np.testing.assert_allclose(
         value_of(f"{kind}()", context), nan_array(default), rtol=1e-12, atol=1e-12
     )
@@ -507,8 +521,10 @@ def test_prices_and_composites(context: SignalContext, sample: pl.DataFrame) -> 
     assert np.isnan(shifted[:3]).all()
     np.testing.assert_array_equal(shifted[3:], c[:-3])
     rule = evaluate(parse_rule("close > close[1] and not (high - low > 0.002)"), context, {})
-    expected = np.concatenate(([False], c[1:] > c[:-1])) & ~(h - lo > 0.002)
+    # Pine's comparison: a range of exactly 200 ticks (0.002 up to float rounding) is not > 0.002
+    expected = np.concatenate(([False], c[1:] - c[:-1] > 1e-10)) & ~((h - lo) - 0.002 > 1e-10)
     np.testing.assert_array_equal(rule, expected)
+    assert (np.abs((h - lo) - 0.002) < 1e-10).any()  # such bars exist: the test bites
     touches = evaluate(parse_rule("low_touches(sma(20)) or high_touches(ema(5))"), context, {})
     with np.errstate(invalid="ignore"):
         np.testing.assert_array_equal(touches, (lo <= sma(c, 20)) | (h >= ema(c, 5)))
@@ -732,7 +748,7 @@ def test_compiled_rules_and_missing_rules(sample: pl.DataFrame) -> None:
     spec = ema_cross_spec()
     signals = compile_signals(spec, sample)
     context = SignalContext(sample)
-    for name in strategy.RULES:
+    for name in RULES:
         expected = evaluate(parse_rule(getattr(spec, name), spec.params), context, spec.params)
         np.testing.assert_array_equal(getattr(signals, name), expected)
     only_long = compile_signals(StrategySpec(long_entry="close > open"), sample)
@@ -743,7 +759,7 @@ def test_compiled_rules_and_missing_rules(sample: pl.DataFrame) -> None:
     frame = signals_frame(spec, sample)
     assert frame.columns == [
         "ts",
-        *strategy.RULES,
+        *RULES,
         "stop_distance",
         "take_distance",
         "trail_distance",
@@ -778,7 +794,7 @@ def test_a_context_reused_across_specs_gives_the_same_results(sample: pl.DataFra
     for spec in (first, second, third, first):
         assert_same_result(backtest(shared, spec), backtest(sample, spec))
         reused, fresh = compile_signals(spec, shared), compile_signals(spec, sample)
-        for name in (*strategy.RULES, "stop_distance", "take_distance", "trail_distance"):
+        for name in (*RULES, "stop_distance", "take_distance", "trail_distance"):
             np.testing.assert_array_equal(getattr(reused, name), getattr(fresh, name))
     assert not backtest(shared, first).trades.equals(backtest(shared, second).trades)
 
@@ -856,9 +872,9 @@ def test_spec_with_every_indicator_family_and_patterns_has_no_lookahead(
     bars = sample.slice(1000, 1200)
     report = check_spec_no_lookahead(spec, bars, n_cuts=6)
     assert report.passed
-    assert set(report.columns) >= {*strategy.RULES, "stop_distance", "take_distance"}
+    assert set(report.columns) >= {*RULES, "stop_distance", "take_distance"}
     assert report.n_trials == 2 * len(report.cuts) + 1 and report.n_compared > 1000
-    fired = signals_frame(spec, bars).select(list(strategy.RULES)).sum().row(0)
+    fired = signals_frame(spec, bars).select(list(RULES)).sum().row(0)
     assert all(count > 0 for count in fired)  # every rule fires: the check compared real signals
 
 
@@ -997,5 +1013,27 @@ def test_metrics_from_arrays_by_hand() -> None:
 def test_order_signals_from_a_spec_are_what_the_engine_takes(sample: pl.DataFrame) -> None:
     signals = compile_signals(ema_cross_spec(), sample.head(300))
     assert isinstance(signals, OrderSignals)
-    assert all(getattr(signals, n).dtype == np.bool_ for n in strategy.RULES)
-    assert all(len(getattr(signals, n)) == 300 for n in strategy.RULES)
+    assert all(getattr(signals, n).dtype == np.bool_ for n in RULES)
+    assert all(len(getattr(signals, n)) == 300 for n in RULES)
+
+
+@pytest.mark.parametrize(
+    ("rule", "expected"),
+    [
+        ("close < close + 5e-11", False),
+        ("close > close - 5e-11", False),
+        ("close <= close - 5e-11", True),
+        ("close >= close + 5e-11", True),
+        ("close == close + 5e-11", True),
+        ("close != close + 5e-11", False),
+        ("close < close + 2e-10", True),
+        ("close == close + 2e-10", False),
+        ("close != close + 2e-10", True),
+    ],
+)
+def test_comparisons_use_pines_tolerance(context: SignalContext, rule: str, expected: bool) -> None:
+    """TradingView compares floats with an absolute tolerance of 1e-10 (pynecore measured it):
+    the vectorised and the bar-by-bar rules do the same, so a tie on the tick grid decides alike
+    in our engine, Nautilus and an exported Pine script."""
+    values = evaluate(parse_rule(rule), context, {})
+    assert values.all() if expected else not values.any()

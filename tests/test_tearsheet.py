@@ -13,6 +13,7 @@ import pytest
 from aiopt_lib.data.sources import load_sample
 from aiopt_lib.strategy.backtest import BacktestResult
 from aiopt_lib.strategy.spec import StrategySpec, backtest
+from aiopt_lib.viz.charts import inline_data
 from aiopt_lib.viz.tearsheet import drawdown_frame, monthly_returns, tearsheet, trade_pnl_histogram
 
 
@@ -119,3 +120,12 @@ def test_trade_pnl_histogram_counts_every_trade(result: BacktestResult) -> None:
     assert hist["count"].to_list() == counts.tolist()
     empty = trade_pnl_histogram(result.trades.head(0))
     assert empty.height == 0 and empty.columns == ["bin_start", "bin_end", "count"]
+
+
+def test_inline_data_carries_the_rows_with_utc_iso_times() -> None:
+    frame = pl.DataFrame({"ts": [dt.datetime(2017, 1, 2, 5, 0)], "equity": [1.5]}).with_columns(
+        pl.col("ts").dt.replace_time_zone("Europe/Berlin")  # 05:00 in Berlin is 04:00 UTC
+    )
+    data = inline_data(frame)
+    assert isinstance(data, alt.InlineData)
+    assert data.values == [{"ts": "2017-01-02T04:00:00Z", "equity": 1.5}]

@@ -53,7 +53,6 @@ import urllib.request
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import MappingProxyType
 from typing import Any, Literal
 
 import numpy as np
@@ -72,6 +71,7 @@ from aiopt_lib.core.bars import (
     timeframe_label,
 )
 from aiopt_lib.core.errors import DataError
+from aiopt_lib.core.instruments import POINT_VALUES
 from aiopt_lib.data.resample import ticks_to_bars
 
 DEFAULT_BASE_URL = "https://datafeed.dukascopy.com/datafeed"
@@ -100,54 +100,6 @@ _CANDLE_RECORD = np.dtype(
 TICK_RECORD_SIZE = _TICK_RECORD.itemsize  # 20 bytes
 CANDLE_RECORD_SIZE = _CANDLE_RECORD.itemsize  # 24 bytes
 
-POINT_VALUES: Mapping[str, int] = MappingProxyType(
-    {
-        # 5-digit FX pairs: 1.23456
-        "EURUSD": 100_000,
-        "GBPUSD": 100_000,
-        "USDCHF": 100_000,
-        "AUDUSD": 100_000,
-        "NZDUSD": 100_000,
-        "USDCAD": 100_000,
-        "EURGBP": 100_000,
-        "EURCHF": 100_000,
-        "EURAUD": 100_000,
-        "EURCAD": 100_000,
-        "EURNZD": 100_000,
-        "GBPCHF": 100_000,
-        "GBPAUD": 100_000,
-        "GBPCAD": 100_000,
-        "GBPNZD": 100_000,
-        "AUDCAD": 100_000,
-        "AUDCHF": 100_000,
-        "AUDNZD": 100_000,
-        "NZDCAD": 100_000,
-        "NZDCHF": 100_000,
-        "CADCHF": 100_000,
-        "USDCNH": 100_000,
-        "USDDKK": 100_000,
-        "USDHKD": 100_000,
-        "USDMXN": 100_000,
-        "USDNOK": 100_000,
-        "USDPLN": 100_000,
-        "USDSEK": 100_000,
-        "USDSGD": 100_000,
-        "USDTRY": 100_000,
-        "USDZAR": 100_000,
-        # JPY pairs (123.456), gold (1234.567), silver (15.432), USD/HUF (312.345)
-        "USDJPY": 1_000,
-        "EURJPY": 1_000,
-        "GBPJPY": 1_000,
-        "AUDJPY": 1_000,
-        "CHFJPY": 1_000,
-        "CADJPY": 1_000,
-        "NZDJPY": 1_000,
-        "XAUUSD": 1_000,
-        "XAGUSD": 1_000,
-        "USDHUF": 1_000,
-        "USDCZK": 10_000,  # 22.1234
-    }
-)
 """Price = integer in the file / point value. 5-digit FX pairs 100000; JPY pairs, gold and silver
 1000 (as Dukascopy quotes them: XAU/USD 1234.567, XAG/USD 15.432); USD/CZK 10000 and USD/HUF 1000
 as on the datafeed. Other instruments: pass ``point_value=``."""
@@ -211,7 +163,7 @@ def _point_value_for(symbol: str, override: int | None) -> int:
     if name not in POINT_VALUES:
         raise DataError(
             f"unknown instrument {name!r}: its point value (price = integer in the file / point "
-            "value) is not in aiopt_lib.data.dukascopy.POINT_VALUES; pass point_value=, e.g. 100000 "
+            "value) is not in aiopt_lib.core.instruments.POINT_VALUES; pass point_value=, e.g. 100000 "
             "for a 5-digit FX pair or 1000 for a JPY pair",
             field="point_value",
         )

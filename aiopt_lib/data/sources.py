@@ -79,6 +79,7 @@ from aiopt_lib.core.bars import (
     timeframe_label,
 )
 from aiopt_lib.core.errors import ConfigError, DataError
+from aiopt_lib.data import dukascopy
 from aiopt_lib.data.cleaning import CleaningPolicy, ValidationReport, clean_bars
 from aiopt_lib.data.resample import resample_bars, ticks_to_bars
 
@@ -98,6 +99,7 @@ __all__ = [
     "read_parquet_source",
     "read_source",
     "sample_metadata",
+    "sample_path",
     "sniff_csv_format",
 ]
 
@@ -1457,7 +1459,8 @@ def list_samples() -> list[str]:
     return sorted(p.stem for p in _sample_dir().glob("*.parquet"))
 
 
-def _sample_path(name: str) -> Path:
+def sample_path(name: str = DEFAULT_SAMPLE) -> Path:
+    """The Parquet file of a shipped sample (``ConfigError`` naming the available ones if unknown)."""
     path = _sample_dir() / f"{name}.parquet"
     if not path.is_file():
         raise ConfigError(f"unknown sample {name!r}; available: {list_samples()}")
@@ -1466,7 +1469,7 @@ def _sample_path(name: str) -> Path:
 
 def sample_metadata(name: str = DEFAULT_SAMPLE) -> dict[str, str]:
     """The key-value metadata of a shipped sample: symbol, side, timeframe, source, licence."""
-    metadata = pl.read_parquet_metadata(_sample_path(name))
+    metadata = pl.read_parquet_metadata(sample_path(name))
     return {k: v for k, v in metadata.items() if k in _METADATA_KEYS}
 
 
@@ -1477,7 +1480,7 @@ def load_sample(name: str = DEFAULT_SAMPLE) -> pl.DataFrame:
     2017-01-01 22:00 to 2017-12-29 21:00 (gym-anytrading, MIT licence; see
     ``aiopt_lib/data/README.md``).
     """
-    return ensure_bars(pl.read_parquet(_sample_path(name)), source=f"sample:{name}")
+    return ensure_bars(pl.read_parquet(sample_path(name)), source=f"sample:{name}")
 
 
 def build_sample(
@@ -1568,8 +1571,6 @@ def _read_dukascopy(
     from_ticks: bool,
 ) -> RawSource:
     """One ``.bi5`` file (ticks or candles), or ``[start, end)`` of a datafeed-layout folder."""
-    from aiopt_lib.data import dukascopy  # imported lazily: only Dukascopy sources need it
-
     if path.is_dir():
         if start is None or end is None:
             raise ConfigError(

@@ -65,14 +65,9 @@ import polars as pl
 
 from aiopt_lib.core.bars import ensure_bars
 from aiopt_lib.core.errors import ConfigError
-from aiopt_lib.features.indicators import (
-    IndicatorParams,
-    add_indicators,
-    atr,
-    column_name,
-    indicator_columns,
-)
+from aiopt_lib.features.indicators import atr
 from aiopt_lib.features.patterns import PatternParams, add_patterns, pattern_columns
+from aiopt_lib.features.registry import IndicatorParams, add_indicators, indicator_columns
 
 __all__ = ["FeatureParams", "add_features", "feature_columns"]
 
@@ -153,11 +148,11 @@ class FeatureParams:
 
 def _distance_sources(params: IndicatorParams) -> tuple[str, ...]:
     """Indicator columns whose distance from the close is a feature (price-level lines)."""
-    return tuple(column_name(kind, params) for kind in ("ema", "sma", "bb_basis"))
+    return tuple(params.column(kind) for kind in ("ema", "sma", "bb_basis"))
 
 
 def _macd_columns(params: IndicatorParams) -> tuple[str, ...]:
-    return tuple(column_name(kind, params) for kind in ("macd", "macd_signal", "macd_hist"))
+    return tuple(params.column(kind) for kind in ("macd", "macd_signal", "macd_hist"))
 
 
 def feature_columns(params: FeatureParams = FeatureParams()) -> list[str]:

@@ -26,9 +26,21 @@ from typing import Any
 import polars as pl
 import yaml
 
-from aiopt_lib.core.atomic import write_parquet_atomic, write_text_atomic
+from aiopt_lib.core.atomic import write_bytes_atomic, write_parquet_atomic, write_text_atomic
 from aiopt_lib.core.bars import ensure_bars, infer_timeframe, timeframe_label
 from aiopt_lib.core.errors import ConfigError, DataError
+from aiopt_lib.features.causal import FeatureParams, add_features, feature_columns
+from aiopt_lib.features.labels import (
+    ForwardReturnParams,
+    TripleBarrierParams,
+    class_balance,
+    forward_return_labels,
+    triple_barrier_labels,
+)
+from aiopt_lib.features.patterns import add_patterns
+from aiopt_lib.features.registry import add_indicators
+from aiopt_lib.features.render import RenderSpec, render_windows, with_overlays
+from aiopt_lib.features.splits import purged_split
 
 __all__ = ["DatasetConfig", "build_dataset", "read_samples", "render_dataset_images"]
 
@@ -226,24 +238,6 @@ def _as_plain(value: Any) -> Any:
     return value
 
 
-def _default_features() -> Any:
-    from aiopt_lib.features.causal import FeatureParams
-
-    return FeatureParams()
-
-
-def _default_triple_barrier() -> Any:
-    from aiopt_lib.features.labels import TripleBarrierParams
-
-    return TripleBarrierParams()
-
-
-def _default_forward_return() -> Any:
-    from aiopt_lib.features.labels import ForwardReturnParams
-
-    return ForwardReturnParams()
-
-
 @dataclasses.dataclass(frozen=True)
 class DatasetConfig:
     """How samples are built.
@@ -260,9 +254,9 @@ class DatasetConfig:
     window: int = 64
     stride: int = 1
     label: str = "triple_barrier"
-    features: Any = dataclasses.field(default_factory=_default_features)
-    triple_barrier: Any = dataclasses.field(default_factory=_default_triple_barrier)
-    forward_return: Any = dataclasses.field(default_factory=_default_forward_return)
+    features: FeatureParams = dataclasses.field(default_factory=FeatureParams)
+    triple_barrier: TripleBarrierParams = dataclasses.field(default_factory=TripleBarrierParams)
+    forward_return: ForwardReturnParams = dataclasses.field(default_factory=ForwardReturnParams)
     split_fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)
 
     def __post_init__(self) -> None:
@@ -278,9 +272,6 @@ class DatasetConfig:
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> DatasetConfig:
         """From a YAML/JSON mapping; nested sections build their parameter dataclasses."""
-        from aiopt_lib.features.causal import FeatureParams
-        from aiopt_lib.features.labels import ForwardReturnParams, TripleBarrierParams
-
         values = dict(values)
         nested = {
             "features": FeatureParams,
@@ -300,15 +291,10 @@ class DatasetConfig:
 def indicator_and_pattern_frame(bars: pl.DataFrame) -> pl.DataFrame:
     """Bars plus all eight indicators at their default parameters plus every pattern flag
     (``pat_<name>``): what ``aiopt features`` writes."""
-    from aiopt_lib.features.indicators import add_indicators
-    from aiopt_lib.features.patterns import add_patterns
-
     return add_patterns(add_indicators(ensure_bars(bars)))
 
 
 def _labels_frame(bars: pl.DataFrame, config: DatasetConfig) -> pl.DataFrame:
-    from aiopt_lib.features.labels import forward_return_labels, triple_barrier_labels
-
     tb = triple_barrier_labels(bars, config.triple_barrier)
     fwd = forward_return_labels(bars, config.forward_return)
     frame = pl.DataFrame(
@@ -338,8 +324,6 @@ def make_samples(
     Columns: ``sample_id, symbol, ts, window, image_key``, the features, the labels,
     ``label_end_ts``.
     """
-    from aiopt_lib.features.causal import add_features, feature_columns
-
     ensure_bars(bars)
     symbol = (symbol or config.symbol).upper()
     feature_names = feature_columns(config.features)
@@ -393,10 +377,6 @@ def build_dataset(
     a folder with a ``dataset.json`` is complete. Rebuilding into the same folder replaces the
     symbol's files.
     """
-    from aiopt_lib.features.causal import feature_columns
-    from aiopt_lib.features.labels import class_balance
-    from aiopt_lib.features.splits import purged_split
-
     root = Path(out)
     symbol = (symbol or config.symbol).upper()
     samples, counts = make_samples(bars, config, symbol=symbol)
@@ -513,8 +493,6 @@ def render_dataset_images(
     """
     from tqdm.auto import tqdm
 
-    from aiopt_lib.features.render import RenderSpec, render_windows, with_overlays
-
     if mode not in ("folder", "column"):
         raise ConfigError(f"mode must be 'folder' or 'column', got {mode!r}")
     spec = spec or RenderSpec()
@@ -549,8 +527,6 @@ def render_dataset_images(
                     bars, batch["_end"].to_numpy(), int(window), spec, output="png", workers=workers
                 )
                 if mode == "folder":
-                    from aiopt_lib.core.atomic import write_bytes_atomic
-
                     for sample_id, png in zip(batch["sample_id"], pngs, strict=True):
                         write_bytes_atomic(image_path(root, symbol, sample_id), png)
                 else:

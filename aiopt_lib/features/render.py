@@ -102,6 +102,14 @@ import numpy as np
 import polars as pl
 
 from aiopt_lib.core.errors import ConfigError, DataError
+from aiopt_lib.features.registry import (
+    INDICATOR_KINDS,
+    IndicatorParams,
+    IndicatorRequest,
+    compute_frame,
+    overlay_outputs,
+    parse_column,
+)
 
 __all__ = [
     "DEFAULT_OVERLAY_COLOURS",
@@ -1095,51 +1103,21 @@ def render_window(window: pl.DataFrame, spec: RenderSpec = _DEFAULT_SPEC) -> np.
 # Overlay columns
 
 
-_NOT_ON_PRICE_SCALE = re.compile(
-    r"(rsi|macd|macd_signal|macd_hist|bb_pctb|bb_width|stoch_k|stoch_d|atr|adx|plus_di|minus_di)_\d.*"
-)
-_MOVING_AVERAGE = re.compile(r"(sma|ema)_(\d+)(?:_([A-Za-z_]\w*))?")
-_BAND = re.compile(r"bb_(basis|upper|lower)_(\d+)_(\d+(?:\.\d+)?)(?:_([A-Za-z_]\w*))?")
-
-
-def _indicator_for(name: str) -> tuple[str, Any] | None:
-    """The indicator kind and IndicatorParams whose column_name is ``name``, if any."""
-    from aiopt_lib.features.indicators import IndicatorParams, column_name
-
-    match = _MOVING_AVERAGE.fullmatch(name)
-    if match:
-        kind, length, source = match.group(1), int(match.group(2)), match.group(3) or "close"
-        if length < 1:
-            return None
-        key = "sma_length" if kind == "sma" else "ema_length"
-        params = IndicatorParams(**{key: length, "source": source})
-        return (kind, params) if column_name(kind, params) == name else None
-    match = _BAND.fullmatch(name)
-    if match:
-        kind = f"bb_{match.group(1)}"
-        length, mult = int(match.group(2)), float(match.group(3))
-        if length < 1 or mult <= 0:
-            return None
-        params = IndicatorParams(bb_length=length, bb_mult=mult, source=match.group(4) or "close")
-        return (kind, params) if column_name(kind, params) == name else None
-    return None
-
-
 def with_overlays(
-    bars: pl.DataFrame, spec: RenderSpec = _DEFAULT_SPEC, params: Any = None
+    bars: pl.DataFrame, spec: RenderSpec = _DEFAULT_SPEC, params: IndicatorParams | None = None
 ) -> pl.DataFrame:
-    """``bars`` with every overlay column of ``spec`` that it lacks, computed by
-    :mod:`aiopt_lib.features.indicators` (TradingView-exact and causal: the value at bar t uses bars <= t).
+    """``bars`` with every overlay column of ``spec`` that it lacks, computed by the indicator
+    registry (:mod:`aiopt_lib.features.registry`: TradingView-exact and causal, the value at bar t
+    uses bars <= t).
 
-    Names are :func:`aiopt_lib.features.indicators.column_name`'s: ``sma_<n>``, ``ema_<n>``,
-    ``bb_basis_<n>_<mult>``, ``bb_upper_...``, ``bb_lower_...`` (optionally ``_<source>``), or
-    any price-scale column of ``add_indicators(bars, params)`` when ``params`` (an
-    :class:`~aiopt_lib.features.indicators.IndicatorParams`) is given. Columns already in ``bars`` are kept
-    as they are. A name that is no such indicator, or an oscillator (``rsi_14``, ``atr_14`` ...:
-    not on the price axis), raises :class:`ConfigError`.
+    An overlay is a column name of a registered indicator output drawn on the price axis
+    (:func:`aiopt_lib.features.registry.column_name`: ``sma_<n>``, ``ema_<n>``,
+    ``bb_basis/bb_upper/bb_lower_<n>_<mult>``, ``kc_upper_<n>_<mult>``, ``supertrend_<f>_<n>``,
+    optionally ``_<source>``), or any price-scale column of ``add_indicators(bars, params)`` when
+    ``params`` is given. Columns already in ``bars`` are kept as they are. A name that is no
+    such indicator, or an oscillator (``rsi_14``, ``atr_14`` ...: not on the price axis), raises
+    :class:`ConfigError`.
     """
-    from aiopt_lib.features.indicators import IndicatorParams, add_bollinger, add_ema, add_sma
-
     spec = _check_spec(spec)
     if not isinstance(bars, pl.DataFrame):
         raise TypeError(f"bars must be a polars DataFrame, got {type(bars).__name__}")
@@ -1148,43 +1126,28 @@ def with_overlays(
     missing = [name for name in spec.overlays if name not in bars.columns]
     if not missing:
         return bars
-    plans: list[tuple[str, Any]] = []
+    from_params = (
+        {params.column(k): (params.request_for(k), k) for k in INDICATOR_KINDS} if params else {}
+    )
+    requests: list[IndicatorRequest] = []
     for name in missing:
-        if _NOT_ON_PRICE_SCALE.fullmatch(name):
-            raise ConfigError(
-                f"overlay {name!r} is not on the price scale; overlays are drawn on the price axis "
-                "(use sma_<n>, ema_<n>, bb_basis/bb_upper/bb_lower_<n>_<mult>)"
-            )
-        plan = _indicator_for(name)
-        if plan is None and params is not None and name in params.columns():
-            plan = ("params", params)
-        if plan is None:
+        found = parse_column(name)
+        if found is not None:
+            definition, output, args, source = found
+            request = IndicatorRequest(definition.name, args, source)
+        elif name in from_params:
+            request, output = from_params[name]
+            definition = request.resolve()[0]
+        else:
             raise ConfigError(
                 f"overlay column {name!r} is not in the bars and is not an indicator name "
-                "(sma_<n>, ema_<n>, bb_basis/bb_upper/bb_lower_<n>_<mult>[_<source>])"
+                "(sma_<n>, ema_<n>, bb_basis/bb_upper/bb_lower_<n>_<mult>[_<source>], ...)"
             )
-        plans.append((name, plan))
-    result = bars
-    added: set[str] = set()
-    for name, (kind, p) in plans:
-        if name in added:
-            continue
-        if kind == "params":
-            computed = _add_from_params(bars, p)
-        elif kind == "sma":
-            computed = add_sma(bars, p.sma_length, p.source)
-        elif kind == "ema":
-            computed = add_ema(bars, p.ema_length, p.source)
-        else:
-            computed = add_bollinger(bars, p.bb_length, p.bb_mult, p.source)
-        # a Bollinger call yields all three bands: take every missing overlay it made at once
-        made = [m for m in missing if m in computed.columns and m not in added]
-        result = result.with_columns(computed.select(made))
-        added.update(made)
-    return result
-
-
-def _add_from_params(bars: pl.DataFrame, params: Any) -> pl.DataFrame:
-    from aiopt_lib.features.indicators import add_indicators
-
-    return add_indicators(bars, params)
+        if output not in definition.overlay:
+            raise ConfigError(
+                f"overlay {name!r} is not on the price scale; overlays are drawn on the price "
+                f"axis (price-scale outputs: {', '.join(overlay_outputs())})"
+            )
+        requests.append(request)
+    computed = compute_frame(bars.select(c for c in bars.columns if c not in missing), requests)
+    return bars.with_columns(computed.select(missing))

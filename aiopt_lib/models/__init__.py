@@ -45,7 +45,8 @@ def load_model(directory: str | Path, *, trust_remote_code: bool | None = None) 
     kind = info.get("kind")
     kind = kind if isinstance(kind, str) else repr(kind)
     if kind not in _LOADERS:
-        # importing registers the built-in kinds (their heavy imports stay lazy)
+        # in-function on purpose: the built-in kinds register themselves when their module is
+        # imported, and `import aiopt_lib.models` loads no model implementation until one is needed
         import aiopt_lib.models.networks
         import aiopt_lib.models.vlm  # noqa: F401
 

@@ -31,7 +31,9 @@ import polars as pl
 
 from aiopt_lib.core.atomic import write_text_atomic
 from aiopt_lib.core.errors import ConfigError, DataError
+from aiopt_lib.features.dataset import read_dataset_bars, read_manifest, read_samples
 from aiopt_lib.features.labels import CLASSES
+from aiopt_lib.features.render import RenderSpec, render_windows, with_overlays
 
 __all__ = ["FitReport", "SampleSet", "SignalModel", "load_sample_set", "register_model"]
 
@@ -198,9 +200,6 @@ def load_sample_set(
     """A :class:`SampleSet` of a dataset folder: its rows (or the given ``samples``), the feature
     and pattern columns listed in its manifest, and (``images=True``) each sample's chart image
     rendered from the dataset's bars with ``spec`` (default ``RenderSpec()``)."""
-    from aiopt_lib.features.dataset import read_dataset_bars, read_manifest, read_samples
-    from aiopt_lib.features.render import RenderSpec, render_windows, with_overlays
-
     manifest = read_manifest(dataset)
     rows = read_samples(dataset) if samples is None else samples
     features = tuple(manifest["columns"]["features"])

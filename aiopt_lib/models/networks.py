@@ -47,6 +47,7 @@ import polars as pl
 
 from aiopt_lib.core.atomic import atomic_path
 from aiopt_lib.core.errors import ConfigError, DataError, plain_name
+from aiopt_lib.core.streams import Streams, StreamWriter
 from aiopt_lib.features.labels import CLASSES
 from aiopt_lib.features.render import RenderSpec
 from aiopt_lib.models.base import (
@@ -68,8 +69,6 @@ __all__ = [
 
 if TYPE_CHECKING:  # torch is imported lazily: the baselines do not need it
     import torch
-
-    from aiopt_lib.core.streams import Streams, StreamWriter
 
 N_CLASSES = len(CLASSES)
 Inputs = Literal["both", "image", "features"]
@@ -992,8 +991,6 @@ class CompactChartNet:
         )
 
     def _writer(self) -> tuple[StreamWriter | None, str]:
-        from aiopt_lib.core.streams import Streams
-
         stream = self.metrics_stream
         if stream is None:
             return None, self.run_id or "compact"

@@ -38,8 +38,7 @@ the expression reads, and a ``ta.*`` call inside a ternary branch would not run 
 from __future__ import annotations
 
 import dataclasses
-import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -47,8 +46,11 @@ import numpy as np
 import polars as pl
 
 from aiopt_lib.core.errors import ConfigError
-from aiopt_lib.features import indicators as ind
 from aiopt_lib.features import patterns as pat
+from aiopt_lib.features.registry import parse_column
+from aiopt_lib.pine import export as pine
+from aiopt_lib.pine.export import Statement, expressions_to_pine
+from aiopt_lib.strategy.rules import SignalContext, evaluate, parse_expression
 
 __all__ = ["distill_signal_model", "distilled_pine"]
 
@@ -71,177 +73,75 @@ DEFAULT_PATTERNS: tuple[str, ...] = (
 
 
 @dataclass(frozen=True)
-class PineDeclaration:
-    """One top-level Pine declaration: ``float name = expr`` (one name) or ``[a, b, c] = expr``
-    (a built-in returning several series)."""
-
-    names: tuple[str, ...]
-    expr: str
-
-    def line(self) -> str:
-        """The declaration as a line of Pine."""
-        if len(self.names) == 1:
-            return f"float {self.names[0]} = {self.expr}"
-        return f"[{', '.join(self.names)}] = {self.expr}"
-
-
-@dataclass(frozen=True)
 class DistillFeature:
-    """A feature the tree may split on, defined once for both targets.
-
-    ``name``: its column name; ``pine``: the Pine expression of its value (a declared name or
-    arithmetic of declared names, no ``ta.*`` call); ``declarations``: the top-level declarations
-    ``pine`` reads, in order; ``compute``: the same value with numpy from a bars frame (NaN where
-    Pine has na); ``description``: what it is.
-    """
+    """A feature the tree may split on: a rule-language expression (any registered indicator,
+    prices, arithmetic, a candlestick pattern as 1.0 / 0.0; :mod:`aiopt_lib.strategy.spec`),
+    computed by the vectorised evaluator here and rendered to Pine by the strategy export, so
+    both targets read one definition. ``name``: its column name; ``description``: what it is."""
 
     name: str
-    pine: str
-    declarations: tuple[PineDeclaration, ...]
-    compute: Callable[[pl.DataFrame], np.ndarray] = dataclasses.field(compare=False)
+    expression: str
     description: str = ""
 
-
-def _column(bars: pl.DataFrame, name: str) -> np.ndarray:
-    return bars.get_column(name).cast(pl.Float64).to_numpy()
-
-
-def _hlc(bars: pl.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    return _column(bars, "high"), _column(bars, "low"), _column(bars, "close")
+    def compute(self, context: SignalContext) -> np.ndarray:
+        """The feature on ``context``'s bars (NaN where Pine has na)."""
+        values = evaluate(parse_expression(self.expression, name=self.name), context, {})
+        return np.asarray(values, dtype=np.float64)
 
 
-def _ratio(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
-    # Pine's x / 0 is na: the same here, never inf
-    with np.errstate(divide="ignore", invalid="ignore"):
-        out = numerator / denominator
-    out[~np.isfinite(out)] = np.nan
-    return out
-
-
-def _var(name: str, expr: str) -> PineDeclaration:
-    return PineDeclaration((name,), expr)
-
-
-_MACD = PineDeclaration(
-    (f"{PREFIX}macd", f"{PREFIX}macd_signal", f"{PREFIX}macd_hist"), "ta.macd(close, 12, 26, 9)"
+_CATALOGUE: tuple[DistillFeature, ...] = (
+    DistillFeature("rsi_14", "rsi(14)", "RSI(14)"),
+    DistillFeature("macd_hist_12_26_9", "macd_hist(12, 26, 9)", "MACD histogram (12, 26, 9)"),
+    DistillFeature(
+        "bb_pctb_20_2",
+        "bb_pctb(20, 2)",
+        "Bollinger %B (20, 2): 0 at the lower band, 1 at the upper",
+    ),
+    DistillFeature("stoch_k_14_3", "stoch_k(14, 3, 3)", "stochastic %K (14, 3)"),
+    DistillFeature("adx_14_14", "adx(14, 14)", "ADX (14, 14)"),
+    DistillFeature("di_diff_14", "plus_di(14, 14) - minus_di(14, 14)", "+DI - -DI (14)"),
+    DistillFeature("atr_pct_14", "atr(14) / close", "ATR(14) / close"),
+    DistillFeature("ema_distance_20", "(close - ema(20)) / atr(14)", "(close - EMA(20)) / ATR(14)"),
 )
-_BB = PineDeclaration(
-    (f"{PREFIX}bb_basis", f"{PREFIX}bb_upper", f"{PREFIX}bb_lower"), "ta.bb(close, 20, 2.0)"
-)
-_DMI = PineDeclaration((f"{PREFIX}plus_di", f"{PREFIX}minus_di", f"{PREFIX}adx"), "ta.dmi(14, 14)")
-_ATR = _var(f"{PREFIX}atr_14", "ta.atr(14)")
-_EMA = _var(f"{PREFIX}ema_20", "ta.ema(close, 20)")
 
 
-def _indicator_features() -> list[DistillFeature]:
-    def dmi(bars: pl.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        return ind.dmi(*_hlc(bars), 14, 14)
-
-    def atr(bars: pl.DataFrame) -> np.ndarray:
-        return ind.atr(*_hlc(bars), 14)
-
-    return [
-        DistillFeature(
-            "rsi_14",
-            f"{PREFIX}rsi_14",
-            (_var(f"{PREFIX}rsi_14", "ta.rsi(close, 14)"),),
-            lambda b: ind.rsi(_column(b, "close"), 14),
-            "RSI(14)",
-        ),
-        DistillFeature(
-            "macd_hist_12_26_9",
-            f"{PREFIX}macd_hist",
-            (_MACD,),
-            lambda b: ind.macd(_column(b, "close"), 12, 26, 9)[2],
-            "MACD histogram (12, 26, 9)",
-        ),
-        DistillFeature(
-            "bb_pctb_20_2",
-            f"{PREFIX}bb_pctb",
-            (
-                _BB,
-                _var(
-                    f"{PREFIX}bb_pctb",
-                    f"(close - {PREFIX}bb_lower) / ({PREFIX}bb_upper - {PREFIX}bb_lower)",
-                ),
-            ),
-            lambda b: ind.bollinger(_column(b, "close"), 20, 2.0)[3],
-            "Bollinger %B (20, 2): 0 at the lower band, 1 at the upper",
-        ),
-        DistillFeature(
-            "stoch_k_14_3",
-            f"{PREFIX}stoch_k",
-            (_var(f"{PREFIX}stoch_k", "ta.sma(ta.stoch(close, high, low, 14), 3)"),),
-            lambda b: ind.stoch(*_hlc(b), 14, 3, 3)[0],
-            "stochastic %K (14, 3)",
-        ),
-        DistillFeature("adx_14_14", f"{PREFIX}adx", (_DMI,), lambda b: dmi(b)[2], "ADX (14, 14)"),
-        DistillFeature(
-            "di_diff_14",
-            f"{PREFIX}di_diff",
-            (_DMI, _var(f"{PREFIX}di_diff", f"{PREFIX}plus_di - {PREFIX}minus_di")),
-            lambda b: dmi(b)[0] - dmi(b)[1],
-            "+DI - -DI (14)",
-        ),
-        DistillFeature(
-            "atr_pct_14",
-            f"{PREFIX}atr_pct",
-            (_ATR, _var(f"{PREFIX}atr_pct", f"{PREFIX}atr_14 / close")),
-            lambda b: _ratio(atr(b), _column(b, "close")),
-            "ATR(14) / close",
-        ),
-        DistillFeature(
-            "ema_distance_20",
-            f"{PREFIX}ema_distance",
-            (
-                _EMA,
-                _ATR,
-                _var(f"{PREFIX}ema_distance", f"(close - {PREFIX}ema_20) / {PREFIX}atr_14"),
-            ),
-            lambda b: _ratio(_column(b, "close") - ind.ema(_column(b, "close"), 20), atr(b)),
-            "(close - EMA(20)) / ATR(14)",
-        ),
-    ]
-
-
-def _slug(text: str) -> str:
-    return re.sub(r"[^0-9A-Za-z]+", "_", text).strip("_")
-
-
-def pattern_feature(name: str, params: pat.PatternParams | None = None) -> DistillFeature:
+def pattern_feature(name: str) -> DistillFeature:
     """The candlestick pattern ``name`` (:data:`aiopt_lib.features.patterns.PATTERNS`) as a 0.0 / 1.0
     feature ``pat_<name>``: 1.0 on the bar where it completes (False during its warm-up in both
-    targets, see :mod:`aiopt_lib.features.patterns`). Its moving averages are declared at the top level."""
+    targets, see :mod:`aiopt_lib.features.patterns`)."""
     if name not in pat.PATTERNS:
         raise ConfigError(f"unknown pattern {name!r}; known: {sorted(pat.PATTERNS)}")
-    pattern = pat.PATTERNS[name]
-    params = params or pat.PatternParams()
-    hoisted: dict[pat.MovingAverage, str] = {}
-    declarations: list[PineDeclaration] = []
-    for node in pat.walk(pattern.condition):
-        if isinstance(node, pat.MovingAverage):
-            at_zero = pat.MovingAverage(node.kind, node.source, node.length, 0)
-            if at_zero not in hoisted:
-                expr = pat.render_pine(at_zero, params)
-                hoisted[at_zero] = f"{PREFIX}{_slug(expr.replace('ta.', ''))}"
-                declarations.append(_var(hoisted[at_zero], expr))
-    variable = f"{PREFIX}{pattern.column}"
-    declarations.append(_var(variable, f"{pattern.to_pine(params, hoisted=hoisted)} ? 1.0 : 0.0"))
-    expr = pattern.to_polars(params).cast(pl.Float64)
     return DistillFeature(
-        pattern.column,
-        variable,
-        tuple(declarations),
-        lambda b: b.select(expr).to_series().to_numpy().astype(np.float64),
-        f"candlestick pattern {name} (1.0 / 0.0)",
+        pat.PATTERNS[name].column, name, f"candlestick pattern {name} (1.0 / 0.0)"
     )
+
+
+def indicator_feature(column: str) -> DistillFeature:
+    """A registered indicator output by its column name (``cci_20``, ``kc_upper_20_2``,
+    ``supertrend_dir_3_10``; :func:`aiopt_lib.features.registry.column_name`) as a feature."""
+    if not _is_rule_column(column):
+        raise ConfigError(
+            f"{column!r} is not the column of a registered indicator output on its default source"
+        )
+    found = parse_column(column)
+    assert found is not None
+    definition, output, args, _ = found
+    call = f"{output}({', '.join(repr(a) for a in args)})"
+    return DistillFeature(column, call, f"{definition.title}: {call}")
+
+
+def _is_rule_column(column: str) -> bool:
+    """Whether ``column`` names an indicator output the rule language can compute (its default
+    source: rules read no other)."""
+    found = parse_column(column)
+    return found is not None and found[3] == found[0].default_source
 
 
 def default_features() -> tuple[DistillFeature, ...]:
     """The features :func:`distill_signal_model` uses by default: RSI(14), MACD histogram
     (12, 26, 9), Bollinger %B (20, 2), stochastic %K (14, 3), ADX (14, 14), +DI - -DI, ATR(14) /
     close, (close - EMA(20)) / ATR(14) and the patterns of :data:`DEFAULT_PATTERNS`."""
-    return (*_indicator_features(), *(pattern_feature(n) for n in DEFAULT_PATTERNS))
+    return (*_CATALOGUE, *(pattern_feature(n) for n in DEFAULT_PATTERNS))
 
 
 def _resolve_features(
@@ -249,7 +149,7 @@ def _resolve_features(
 ) -> tuple[DistillFeature, ...]:
     if features is None:
         return default_features()
-    catalogue = {f.name: f for f in _indicator_features()}
+    catalogue = {f.name: f for f in _CATALOGUE}
     resolved = []
     for item in features:
         if isinstance(item, DistillFeature):
@@ -258,10 +158,12 @@ def _resolve_features(
             resolved.append(catalogue[item])
         elif item.startswith(pat.COLUMN_PREFIX) and item[len(pat.COLUMN_PREFIX) :] in pat.PATTERNS:
             resolved.append(pattern_feature(item[len(pat.COLUMN_PREFIX) :]))
+        elif _is_rule_column(item):
+            resolved.append(indicator_feature(item))
         else:
             raise ConfigError(
-                f"unknown distillation feature {item!r}; known: {sorted(catalogue)} and "
-                f"pat_<pattern>"
+                f"unknown distillation feature {item!r}; known: {sorted(catalogue)}, "
+                f"pat_<pattern> and the column of any registered indicator (cci_20, ...)"
             )
     names = [f.name for f in resolved]
     if len(set(names)) != len(names) or not names:
@@ -275,10 +177,11 @@ def feature_frame(
     """``ts`` and one Float64 column per feature (default: :func:`default_features`), NaN where
     the feature is not defined yet. The value at bar t reads bars <= t only."""
     resolved = _resolve_features(features)
-    columns = {"ts": bars.get_column("ts")}
+    context = SignalContext(bars)
+    columns = {"ts": context.bars.get_column("ts")}
     for feature in resolved:
-        values = np.asarray(feature.compute(bars), dtype=np.float64)
-        if values.shape != (bars.height,):
+        values = feature.compute(context)
+        if values.shape != (context.bars.height,):
             raise ConfigError(f"feature {feature.name!r} returned shape {values.shape}")
         columns[feature.name] = pl.Series(feature.name, values, dtype=pl.Float64)
     return pl.DataFrame(columns)
@@ -417,25 +320,29 @@ class DistilledModel:
 
     # -- Pine -----------------------------------------------------------------------------
 
-    def pine_declarations(self) -> tuple[PineDeclaration, ...]:
+    def _pine(self) -> tuple[tuple[Statement, ...], dict[int, str]]:
+        """The declarations of the used features and the variable holding each one's value."""
+        used = self.tree.used_features()
+        declarations, variables = expressions_to_pine(
+            {self.features[i].name: self.features[i].expression for i in used}, prefix=PREFIX
+        )
+        return declarations, {i: variables[self.features[i].name] for i in used}
+
+    def pine_declarations(self) -> tuple[Statement, ...]:
         """The top-level Pine declarations the expressions of :meth:`pine_expressions` read (each
         once, in dependency order; only the features the tree uses). Every name starts with
         :data:`PREFIX`."""
-        unique: dict[PineDeclaration, None] = {}
-        for index in self.tree.used_features():
-            for declaration in self.features[index].declarations:
-                unique.setdefault(declaration, None)
-        return tuple(unique)
+        return self._pine()[0]
 
-    def _pine_node(self, node: int, column: int) -> str:
+    def _pine_node(self, node: int, column: int, values: Mapping[int, str]) -> str:
         tree = self.tree
         if tree.is_leaf(node):
             return pat.pine_float(tree.probabilities[node][column])
-        left = self._pine_node(tree.left[node], column)
-        right = self._pine_node(tree.right[node], column)
+        left = self._pine_node(tree.left[node], column, values)
+        right = self._pine_node(tree.right[node], column, values)
         if left == right:  # the split does not change this probability
             return left
-        feature = self.features[tree.feature[node]].pine
+        feature = values[tree.feature[node]]
         threshold = pat.pine_float(tree.threshold[node])
         return f"{feature} <= {threshold} ? {_paren(left)} : {_paren(right)}"
 
@@ -444,11 +351,11 @@ class DistilledModel:
         ``feature <= threshold ? (...) : (...)`` ending in the leaf's probability (float
         literals), ``na`` while a feature the tree reads is na. They read the variables of
         :meth:`pine_declarations`, which must be declared before them (:func:`distilled_pine`)."""
-        names = [self.features[i].pine for i in self.tree.used_features()]
-        guard = " or ".join(f"na({n})" for n in names)
+        values = self._pine()[1]
+        guard = " or ".join(f"na({v})" for v in values.values())
         out = {}
         for column, label in enumerate(LABELS):
-            body = self._pine_node(0, column)
+            body = self._pine_node(0, column, values)
             out[f"ai_{label.lower()}"] = f"{guard} ? na : {_paren(body)}" if guard else body
         return out
 
@@ -604,8 +511,6 @@ def distilled_pine(
     ``ai_rules=model.pine_expressions()``, the model's declarations put first among the
     top-level declarations, rendered, and (``validate``) checked with
     :func:`aiopt_lib.pine.export.check_pine` (errors raise :class:`aiopt_lib.pine.export.PineExportError`)."""
-    from aiopt_lib.pine import export as pine
-
     script = pine.spec_to_ir(
         spec,
         version=version,
@@ -614,19 +519,14 @@ def distilled_pine(
         ai_rules=model.pine_expressions(),
     )
     declarations = model.pine_declarations()
-    ours = {name for d in declarations for name in d.names}
+    ours = {name for d in declarations for name in getattr(d, "names", (getattr(d, "name", ""),))}
     theirs = {i.name for i in script.inputs}
     for statement in (*script.declarations, *script.statements):
         theirs.update(getattr(statement, "names", ()) or [getattr(statement, "name", "")])
     clash = sorted(ours & theirs)
     if clash:
         raise pine.PineExportError(f"the distilled rules' names clash with the script's: {clash}")
-    hoisted = tuple(
-        pine.Var(d.names[0], "float", d.expr)
-        if len(d.names) == 1
-        else pine.TupleVar(d.names, d.expr)
-        for d in declarations
-    )
+    hoisted = declarations
     # the header says what stands in for the model and how faithfully (fidelity per class)
     header = (
         *script.header_comments,

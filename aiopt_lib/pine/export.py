@@ -83,16 +83,15 @@ from typing import Any, Literal
 from aiopt_lib.core.atomic import write_text_atomic
 from aiopt_lib.core.errors import ConfigError
 from aiopt_lib.features import patterns as pat
-from aiopt_lib.strategy.spec import (
-    INDICATORS,
-    RULES,
+from aiopt_lib.features.registry import IndicatorDef, PineStep, lookup_output
+from aiopt_lib.strategy.ranking import load_ranking
+from aiopt_lib.strategy.rules import (
     AiProbability,
     Arith,
     BoolConst,
     Compare,
     Const,
     Cross,
-    Distance,
     Indicator,
     Logic,
     Negate,
@@ -102,9 +101,10 @@ from aiopt_lib.strategy.spec import (
     PatternRef,
     PriceField,
     Shift,
-    StrategySpec,
+    parse_expression,
     walk,
 )
+from aiopt_lib.strategy.spec import RULES, Distance, StrategySpec
 
 __all__ = [
     "PineExportError",
@@ -112,7 +112,9 @@ __all__ = [
     "check_pine",
     "export_errors",
     "export_ranking",
+    "expressions_to_pine",
     "fix_pine",
+    "render_statement",
     "spec_to_ir",
     "spec_to_pine",
 ]
@@ -222,7 +224,7 @@ def pine_number(value: float, kind: Literal["int", "float"] = "float") -> str:
     return pat.pine_float(value)
 
 
-def _render_statement(statement: Statement, indent: str) -> list[str]:
+def render_statement(statement: Statement, indent: str = "") -> list[str]:
     if isinstance(statement, Var):
         prefix = "var " if statement.persistent else ""
         type_ = f"{statement.type} " if statement.type else ""
@@ -235,11 +237,11 @@ def _render_statement(statement: Statement, indent: str) -> list[str]:
         return [f"{indent}{statement.expr}"]
     lines = [f"{indent}if {statement.condition}"]
     for inner in statement.body:
-        lines += _render_statement(inner, indent + "    ")
+        lines += render_statement(inner, indent + "    ")
     if statement.orelse:
         lines.append(f"{indent}else")
         for inner in statement.orelse:
-            lines += _render_statement(inner, indent + "    ")
+            lines += render_statement(inner, indent + "    ")
     return lines
 
 
@@ -261,11 +263,11 @@ def render(script: PineScript) -> str:
     if script.declarations:
         lines += ["", "// indicators, crossovers and rules: top level, computed on every bar"]
     for statement in script.declarations:
-        lines += _render_statement(statement, "")
+        lines += render_statement(statement, "")
     if script.statements:
         lines += ["", "// orders"]
     for statement in script.statements:
-        lines += _render_statement(statement, "")
+        lines += render_statement(statement, "")
     if script.plots:
         lines += ["", "// plots"]
     lines += [p.expr for p in script.plots]
@@ -320,7 +322,6 @@ _PINE_KEYWORDS = frozenset(
         "const",
     ]
 )
-_PRICE_SCALED = frozenset({"sma", "ema", "bb_basis", "bb_upper", "bb_lower"})
 # Pine precedence (higher binds tighter)
 _ATOM, _UNARY, _MUL, _ADD, _CMP, _EQ, _AND, _OR = 10, 9, 7, 6, 5, 4, 3, 2
 _ARITH_PRECEDENCE = {"*": _MUL, "/": _MUL, "+": _ADD, "-": _ADD}
@@ -339,9 +340,12 @@ def _slug(text: str) -> str:
 class _Builder:
     """Collects the top-level declarations a spec's rules need, each once."""
 
-    def __init__(self, spec: StrategySpec, ai_rules: Mapping[str, str] | None) -> None:
+    def __init__(
+        self, spec: StrategySpec | None, ai_rules: Mapping[str, str] | None, prefix: str = ""
+    ) -> None:
         self.spec = spec
         self.ai_rules = dict(ai_rules or {})
+        self.prefix = prefix
         self.reserved = _reserved_names()
         self.used: set[str] = set()
         self.declarations: list[Statement] = []
@@ -354,7 +358,7 @@ class _Builder:
     # -- names ----------------------------------------------------------------------------
 
     def name(self, wanted: str) -> str:
-        base = _slug(wanted) or "v"
+        base = _slug(f"{self.prefix}{wanted}") or "v"
         if base[0].isdigit():
             base = f"v_{base}"
         if base in self.reserved:
@@ -369,16 +373,19 @@ class _Builder:
 
     def _int_params(self) -> set[str]:
         """Params used where Pine needs an int (indicator lengths, ATR lengths)."""
-        names = set()
+        names: set[str] = set()
+        if self.spec is None:
+            return names
         for rule in RULES:
             tree = self.spec.rule(rule)
             if tree is None:
                 continue
             for node in walk(tree):
                 if isinstance(node, Indicator):
-                    definition = INDICATORS[node.name]
-                    for arg, (_, default) in zip(node.args, definition.arguments, strict=True):
-                        if isinstance(arg, Param) and isinstance(default, int):
+                    found = lookup_output(node.name)
+                    assert found is not None  # the rule parser knows only registered outputs
+                    for arg, param in zip(node.args, found[0].params, strict=True):
+                        if isinstance(arg, Param) and param.is_int:
                             names.add(arg.name)
         for distance in (self.spec.stop_loss, self.spec.take_profit, self.spec.trailing_stop):
             if distance is not None and isinstance(distance.atr_length, str):
@@ -387,8 +394,8 @@ class _Builder:
 
     def _inputs(self) -> list[Input]:
         self.param_names: dict[str, str] = {}
-        inputs = []
-        for key, value in self.spec.params.items():
+        inputs: list[Input] = []
+        for key, value in (self.spec.params if self.spec is not None else {}).items():
             name = self.name(key)
             self.param_names[key] = name
             is_int = key in self.int_params or isinstance(value, int)
@@ -416,64 +423,50 @@ class _Builder:
         return pine_number(arg.value, kind)
 
     def indicator(self, node: Indicator) -> str:
-        definition = INDICATORS[node.name]
-        kinds = ["int" if isinstance(d, int) else "float" for _, d in definition.arguments]
+        """The Pine variable of one indicator output: the registry's Pine steps that it needs,
+        each declared once at the top level (an expression met again reuses its variable)."""
+        found = lookup_output(node.name)
+        assert found is not None  # the rule parser knows only registered outputs
+        definition = found[0]
+        kinds = ["int" if p.is_int else "float" for p in definition.params]
         args = [self.arg_text(a, k) for a, k in zip(node.args, kinds, strict=True)]  # type: ignore[arg-type]
-        suffix = "_".join(args)
-        group_key = (definition.group, tuple(args))
-        joined = ", ".join(args)
-        if definition.group in ("sma", "ema", "rsi"):
-            name = self.declare(
-                group_key, f"{node.name}_{suffix}", "float", f"ta.{node.name}(close, {joined})"
-            )
-            self.plot(name, f"{node.name}({joined})", node.name in _PRICE_SCALED)
-            return name
-        if definition.group == "atr":
-            name = self.declare(group_key, f"atr_{suffix}", "float", f"ta.atr({joined})")
-            self.plot(name, f"atr({joined})", False)
-            return name
-        if definition.group == "stoch":
-            k_len, k_smooth, d_len = args
-            k = self.declare(
-                ("stoch_k", k_len, k_smooth),
-                f"stoch_k_{k_len}_{k_smooth}",
-                "float",
-                f"ta.sma(ta.stoch(close, high, low, {k_len}), {k_smooth})",
-            )
-            if node.name == "stoch_k":
-                self.plot(k, f"stoch_k({k_len}, {k_smooth})", False)
-                return k
-            d = self.declare(group_key, f"stoch_d_{suffix}", "float", f"ta.sma({k}, {d_len})")
-            self.plot(d, f"stoch_d({joined})", False)
-            return d
-        outputs = {
-            "macd": ("macd", "macd_signal", "macd_hist"),
-            "bb": ("bb_basis", "bb_upper", "bb_lower"),
-            "dmi": ("plus_di", "minus_di", "adx"),
-        }[definition.group]
-        if group_key not in self.keys:
-            names = tuple(self.name(f"{o}_{suffix}") for o in outputs)
-            call = {
-                "macd": f"ta.macd(close, {joined})",
-                "bb": f"ta.bb(close, {joined})",
-                "dmi": f"ta.dmi({joined})",
-            }[definition.group]
-            self.declarations.append(TupleVar(names, call))
-            self.keys[group_key] = names  # type: ignore[assignment]
-        names = self.keys[group_key]
-        if node.name in outputs:
-            name = names[outputs.index(node.name)]
-            self.plot(name, f"{node.name}({joined})", node.name in _PRICE_SCALED)
-            return name
-        basis, upper, lower = names
-        if node.name == "bb_pctb":
-            # TradingView's "Bollinger Bands %B"; na where the bands coincide (x / 0 is na)
-            expr = f"(close - {lower}) / ({upper} - {lower})"
-        else:  # bb_width: ta.bbw's formula, written out (Pine v5's manual had the bare ratio)
-            expr = f"100.0 * ({upper} - {lower}) / {basis}"
-        name = self.declare((node.name, *args), f"{node.name}_{suffix}", "float", expr)
-        self.plot(name, f"{node.name}({joined})", False)
-        return name
+        values = {p.name: a for p, a in zip(definition.params, args, strict=True)}
+        values["source"] = definition.default_source
+        names = self.pine_steps(definition, values, node.name, "_".join(args))
+        self.plot(
+            names[node.name], f"{node.name}({', '.join(args)})", node.name in definition.overlay
+        )
+        return names[node.name]
+
+    def pine_steps(
+        self, definition: IndicatorDef, values: Mapping[str, str], output: str, suffix: str
+    ) -> dict[str, str]:
+        """Declare the Pine steps of ``definition`` that ``output`` needs (with ``values`` for
+        the params and ``source``); returns the variable of every declared output."""
+        step_of = {o: step for step in definition.pine for o in step.outputs}
+        needed: set[PineStep] = set()
+        pending = [output]
+        while pending:
+            step = step_of[pending.pop()]
+            if step not in needed:
+                needed.add(step)
+                pending += [f for f in step.fields() if f in step_of]
+        names: dict[str, str] = {}
+        for step in definition.pine:
+            if step not in needed:
+                continue
+            expr = step.expr.format(**values, **names)
+            key = ("pine", expr)
+            if len(step.outputs) == 1:
+                wanted = f"{step.outputs[0]}_{suffix}" if suffix else step.outputs[0]
+                names[step.outputs[0]] = self.declare(key, wanted, "float", expr)
+                continue
+            if key not in self.keys:
+                variables = tuple(self.name(f"{o}_{suffix}" if suffix else o) for o in step.outputs)
+                self.declarations.append(TupleVar(variables, expr))
+                self.keys[key] = variables  # type: ignore[assignment]
+            names.update(zip(step.outputs, self.keys[key], strict=True))
+        return names
 
     def plot(self, name: str, title: str, price_scaled: bool) -> None:
         if all(p[0] != name for p in self.plots):
@@ -496,7 +489,7 @@ class _Builder:
         key = f"ai_{node.label.lower()}"
         if key not in self.ai_rules:
             raise PineExportError(
-                f"AI gate not exportable: the spec {self.spec.name!r} uses {key}, the signal "
+                f"AI gate not exportable: the spec {getattr(self.spec, 'name', '')!r} uses {key}, the signal "
                 f"model's probability, which cannot run in Pine; pass ai_rules={{{key!r}: "
                 f"'<Pine expression>'}} to replace it (e.g. a distilled rule)"
             )
@@ -575,6 +568,26 @@ def _wrap(text: str, precedence: int, needed: int) -> str:
 
 def _is_name(text: str) -> bool:
     return re.fullmatch(r"[A-Za-z0-9_]+", text) is not None
+
+
+def expressions_to_pine(
+    expressions: Mapping[str, str], *, prefix: str = ""
+) -> tuple[tuple[Statement, ...], dict[str, str]]:
+    """Named rule-language expressions (numbers, prices, registered indicators, patterns; no
+    params, no AI gate) as Pine: the top-level declarations they need, each once, every variable
+    named ``prefix`` + what it is, and the variable holding each expression's value (a compound
+    value is declared as ``float <prefix><name>``; a condition becomes ``1.0`` / ``0.0``)."""
+    builder = _Builder(None, None, prefix=prefix)
+    variables: dict[str, str] = {}
+    for name, text in expressions.items():
+        tree = parse_expression(text, name=name)
+        value, _ = builder.expr(tree)
+        if tree.is_bool:
+            value = f"{value} ? 1.0 : 0.0"
+        if not re.fullmatch(r"[A-Za-z_]\w*", value):
+            value = builder.declare(("value", value), name, "float", value)
+        variables[name] = value
+    return tuple(builder.declarations), variables
 
 
 def _commission(spec: StrategySpec, notes: list[str]) -> tuple[str, float]:
@@ -1716,8 +1729,6 @@ def export_ranking(
     A strategy that cannot be exported (the AI gate, until it is distilled into rules) is listed
     with its error and no file.
     """
-    from aiopt_lib.strategy.search import load_ranking
-
     out = Path(out)
     files = []
     for spec, extra in load_ranking(ranking):

@@ -52,6 +52,7 @@ import yaml
 
 from aiopt_lib.core.atomic import write_parquet_atomic, write_text_atomic
 from aiopt_lib.core.errors import AioptError, ConfigError, plain_name
+from aiopt_lib.runs.runner import load_run_config, run_pipeline
 
 BATCH_KEYS = ("name", "base", "workers", "parameters", "grid", "runs")
 # Walk-forward metrics shown on the page (all of them go to comparison.parquet).
@@ -152,8 +153,6 @@ def _mapping(value: Any, where: str) -> dict[str, Any]:
 
 
 def _check_against_base(base: Path, overrides: Mapping[str, Any], where: str) -> None:
-    from aiopt_lib.runs.runner import load_run_config
-
     try:
         load_run_config(base, overrides)
     except ConfigError as exc:
@@ -287,8 +286,6 @@ def _execute_run(
 ) -> dict[str, Any]:
     """Worker-process body: one pipeline run; never raises, the outcome is returned as plain data
     (picklable, and a failure of one run must not reach the pool)."""
-    from aiopt_lib.runs.runner import load_run_config, run_pipeline
-
     lines: list[str] = []
     started = time.time()
     clock = time.perf_counter()

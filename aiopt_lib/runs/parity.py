@@ -10,8 +10,8 @@ the right one and gives both answers one shape, so the notebook writes the table
 
 It lives in ``runs`` because it compares ``execution`` with ``pine`` results: those two are
 siblings of one layer and may not import each other, so only the layer above may use both. The
-engines' modules are imported when a comparison asks for them: comparing Pine trades does not
-load nautilus_trader.
+Nautilus engine's module is imported when a comparison asks for it: comparing Pine trades does
+not load nautilus_trader.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from typing import Any, Literal
 import polars as pl
 
 from aiopt_lib.core.errors import ConfigError
+from aiopt_lib.pine.offline import compare_trades
 
 __all__ = ["EngineParity", "engine_parity", "parity_table"]
 
@@ -102,6 +103,7 @@ def engine_parity(
     TradingView names its exits differently).
     """
     if engine == "nautilus":
+        # in-function on purpose: execution.nautilus imports nautilus_trader (~1.3 s)
         from aiopt_lib.execution.nautilus import first_difference
 
         diff = first_difference(ours, theirs, tick=tick)
@@ -113,8 +115,6 @@ def engine_parity(
             first_difference=diff,
         )
     if engine == "pine":
-        from aiopt_lib.pine.offline import compare_trades
-
         report = compare_trades(ours, theirs, tick)
         return EngineParity(
             engine=engine,

@@ -47,8 +47,11 @@ from typing import IO, Any
 
 import yaml
 
+from aiopt_lib import __version__
 from aiopt_lib.core.atomic import atomic_path, write_text_atomic
 from aiopt_lib.core.errors import AioptError, ConfigError, plain_name
+from aiopt_lib.core.streams import Streams
+from aiopt_lib.data.sources import DEFAULT_SAMPLE, sample_path
 
 __all__ = ["load_run_config", "run_pipeline"]
 
@@ -593,8 +596,6 @@ class _EventLog:
     what it logged) and one line each to ``run_dir/run.log``."""
 
     def __init__(self, run_dir: Path, run_id: str) -> None:
-        from aiopt_lib.core.streams import Streams
-
         self.run_id = run_id
         self.path = run_dir / "run.log"
         self.streams = Streams(run_dir, run_id=run_id, flush_rows=1, flush_seconds=None)
@@ -652,10 +653,8 @@ def _input_data_hash(run_dir: Path, config: RunConfig) -> tuple[str, str] | None
         return None
     source = step.parameters["source"]
     if source == "sample" or source.startswith("sample:"):
-        from aiopt_lib.data.sources import DEFAULT_SAMPLE, _sample_path
-
         try:
-            path = _sample_path(source.partition(":")[2] or DEFAULT_SAMPLE)
+            path = sample_path(source.partition(":")[2] or DEFAULT_SAMPLE)
         except AioptError:
             return None
     else:
@@ -778,8 +777,6 @@ def _write_index(
         f"<tr><td>{html.escape(k)}</td><td>{html.escape(v)}</td></tr>"
         for k, v in package_versions().items()
     )
-    from aiopt_lib import __version__
-
     page = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>aiopt run {html.escape(run_id)}</title>
 <style>body{{font-family:system-ui,sans-serif;margin:2em;max-width:80em}}td,th{{padding:.3em .8em;text-align:left;border-bottom:1px solid #ddd}}code{{font-size:.85em}}</style>

@@ -52,29 +52,30 @@ import sqlalchemy
 import yaml
 from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 
-from aiopt_lib.core.atomic import write_text_atomic
+from aiopt_lib.core.atomic import write_parquet_atomic, write_text_atomic
 from aiopt_lib.core.bars import ensure_bars, infer_timeframe
 from aiopt_lib.core.errors import ConfigError, SearchInterrupted, plain_name
+from aiopt_lib.features.registry import lookup_output
 from aiopt_lib.features.splits import walk_forward_splits
 from aiopt_lib.strategy import overfitting
 from aiopt_lib.strategy.backtest import YEAR, BacktestResult, backtest_metrics, metrics_from_arrays
-from aiopt_lib.strategy.spec import (
+from aiopt_lib.strategy.ranking import RANKING_SCHEMA_VERSION
+from aiopt_lib.strategy.rules import (
     Arith,
     BoolConst,
     Compare,
     Const,
+    Indicator,
     Logic,
     Node,
     Not,
     Param,
     SignalContext,
-    StrategySpec,
-    backtest,
     parse_rule,
-    validate_model,
+    walk,
 )
+from aiopt_lib.strategy.spec import RULES, StrategySpec, backtest, validate_model
 
-RANKING_SCHEMA_VERSION = 1
 # Metrics where smaller is better; every other metric of backtest_metrics is maximised.
 MINIMISED_METRICS = frozenset({"max_drawdown"})
 OBJECTIVE_METRICS = (
@@ -144,12 +145,14 @@ class ParamRange(_Frozen):
 class SearchTemplate(_Frozen):
     """A spec plus the ranges of the params a search tunes, and constraints between them.
 
-    Params of ``spec`` without a range keep their value. Constraints are conditions over the
-    params in the rule language (``"fast < slow"``, ``"take_atr >= stop_atr"``).
+    Params of ``spec`` without a range keep their value. A range given as ``auto`` is the
+    indicator registry's usual range for the indicator argument the param feeds (``cci(n)``
+    with ``n: auto`` tries the CCI lengths of :mod:`aiopt_lib.features.registry`). Constraints are
+    conditions over the params in the rule language (``"fast < slow"``, ``"take_atr >= stop_atr"``).
     """
 
     spec: StrategySpec
-    space: dict[str, ParamRange]
+    space: dict[str, ParamRange | Literal["auto"]]
     constraints: list[str] = []
 
     @model_validator(mode="after")
@@ -157,6 +160,17 @@ class SearchTemplate(_Frozen):
         unknown = sorted(set(self.space) - set(self.spec.params))
         if unknown:
             raise ValueError(f"space names {unknown} are not params of the spec")
+        auto = [name for name, values in self.space.items() if values == "auto"]
+        if auto:
+            ranges = _indicator_ranges(self.spec)
+            missing = [name for name in auto if name not in ranges]
+            if missing:
+                raise ValueError(
+                    f"space {missing}: 'auto' needs the param to be an indicator argument in "
+                    "the rules (give low/high otherwise)"
+                )
+            # the model is frozen; the resolved ranges replace the word while it is validated
+            object.__setattr__(self, "space", {**self.space, **{n: ranges[n] for n in auto}})
         for text in self.constraints:
             tree = parse_rule(text, self.spec.params, rule="constraint")
             _constraint_value(tree, self.spec.params)  # only params and numbers
@@ -189,6 +203,24 @@ class SearchTemplate(_Frozen):
     def from_mapping(cls, data: Mapping[str, Any], *, source: str = "template") -> SearchTemplate:
         """Build from a mapping (YAML/JSON); errors name ``source`` and the field."""
         return validate_model(cls, data, source=source, what="search template")
+
+
+def _indicator_ranges(spec: StrategySpec) -> dict[str, ParamRange]:
+    """The registry's range for each param of ``spec`` used as an indicator argument (the
+    widest over its uses)."""
+    ranges: dict[str, tuple[float, float]] = {}
+    for rule in RULES:
+        tree = spec.rule(rule)
+        for node in walk(tree) if tree is not None else ():
+            if not isinstance(node, Indicator):
+                continue
+            found = lookup_output(node.name)
+            assert found is not None  # the parser knows only registered outputs
+            for arg, param in zip(node.args, found[0].params, strict=True):
+                if isinstance(arg, Param):
+                    low, high = ranges.get(arg.name, (param.low, param.high))
+                    ranges[arg.name] = (min(low, param.low), max(high, param.high))
+    return {name: ParamRange(low=low, high=high) for name, (low, high) in ranges.items()}
 
 
 def _constraint_value(node: Node, params: Mapping[str, float]) -> Any:
@@ -238,7 +270,8 @@ TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "data" / "templates"
 
 def builtin_template(name: str = "ema_cross") -> SearchTemplate:
     """One of the templates shipped in ``aiopt_lib/data/templates`` (``ema_cross``,
-    ``bollinger_reversion``, ``pattern_rsi``, ``ai_gate``)."""
+    ``bollinger_reversion``, ``pattern_rsi``, ``ai_gate``, ``cci_reversion``,
+    ``keltner_supertrend``)."""
     path = TEMPLATES_DIR / f"{plain_name(name, 'template')}.yaml"
     if not path.exists():
         known = sorted(p.stem for p in TEMPLATES_DIR.glob("*.yaml"))
@@ -1276,8 +1309,6 @@ def save_ranking(result: SearchResult, path: str | Path) -> Path:
 
 def write_search_outputs(result: SearchResult, out: str | Path) -> dict[str, Path]:
     """Write the trials, the folds and the walk-forward equity as Parquet files in ``out``."""
-    from aiopt_lib.core.atomic import write_parquet_atomic
-
     out = Path(out)
     return {
         name: write_parquet_atomic(frame, out / f"{name}.parquet")
@@ -1287,25 +1318,6 @@ def write_search_outputs(result: SearchResult, out: str | Path) -> dict[str, Pat
             ("walk_forward_equity", result.walk_forward_equity),
         )
     }
-
-
-def load_ranking(path: str | Path) -> list[tuple[StrategySpec, dict[str, Any]]]:
-    """The ranked specs of a ranking file with each entry's other fields, best first."""
-    path = Path(path)
-    try:
-        document = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ConfigError(f"{path}: cannot read the ranking ({exc})") from None
-    if document.get("schema_version") != RANKING_SCHEMA_VERSION:
-        raise ConfigError(
-            f"{path}: ranking schema_version {document.get('schema_version')!r}, "
-            f"expected {RANKING_SCHEMA_VERSION}"
-        )
-    entries = []
-    for i, entry in enumerate(document.get("top", [])):
-        spec = StrategySpec.from_mapping(entry["spec"], source=f"{path}, top[{i}].spec")
-        entries.append((spec, {k: v for k, v in entry.items() if k != "spec"}))
-    return entries
 
 
 # the columns of ranking_table, in order
@@ -1382,7 +1394,6 @@ __all__ = [
     "TrialEvaluator",
     "TrialRecord",
     "builtin_template",
-    "load_ranking",
     "load_template",
     "load_trials",
     "open_storage",

@@ -42,23 +42,20 @@ from collections import deque
 from collections.abc import Callable, Mapping, MutableMapping
 from typing import Any, NamedTuple
 
-import numba
-import numpy as np
 import polars as pl
 
 from aiopt_lib.core.errors import ConfigError
 from aiopt_lib.features import patterns as pat
-from aiopt_lib.features.indicators import PINE_EPSILON, _neumaier_add, _tv_sum_add
-from aiopt_lib.strategy.spec import (
-    INDICATORS,
-    RULES,
+from aiopt_lib.features.indicator_streams import Smoothed, StreamingIndicator
+from aiopt_lib.features.indicators import PINE_EPSILON
+from aiopt_lib.features.registry import REGISTRY, lookup_output
+from aiopt_lib.strategy.rules import (
     AiProbability,
     Arith,
     BoolConst,
     Compare,
     Const,
     Cross,
-    Distance,
     Indicator,
     Logic,
     Negate,
@@ -68,8 +65,10 @@ from aiopt_lib.strategy.spec import (
     PatternRef,
     PriceField,
     Shift,
-    StrategySpec,
 )
+from aiopt_lib.strategy.spec import RULES, Distance, StrategySpec
+
+_NAN = math.nan
 
 __all__ = [
     "BarSignals",
@@ -79,368 +78,26 @@ __all__ = [
     "streaming_indicator",
 ]
 
-_NAN = math.nan
-
-
-@numba.njit(cache=True, error_model="numpy", fastmath={"contract"})
-def _blend(prev: float, keep: float, x: float, alpha: float) -> float:
-    """``prev * keep + x * alpha`` compiled as the kernels of :mod:`aiopt_lib.features.indicators` compile
-    it (numba with fused multiply-adds), so the recursive averages equal theirs to the bit (Python
-    3.11 has no ``math.fma``)."""
-    return prev * keep + x * alpha
-
-
 # ---------------------------------------------------------------------------------------------
-# Rolling sums
+# Indicators: the registry's bar-by-bar state machines
 
 
-class _TvSum:
-    """TradingView's rolling ``math.sum`` machine, one value at a time: the kernels' own
-    :func:`aiopt_lib.features.indicators._tv_sum_add` (called from Python) on this object's state, so the
-    streamed sums are the batch ones by construction; ``add`` returns the new total."""
-
-    __slots__ = ("comp", "entries", "length", "slot", "stored", "total", "window")
-
-    def __init__(self, length: int) -> None:
-        self.length = length
-        self.entries = np.zeros(length)
-        self.window = np.zeros(length)
-        self.slot = 0
-        self.stored = 0
-        self.total = 0.0
-        self.comp = 0.0
-
-    def add(self, value: float) -> float:
-        self.total, self.comp = _tv_sum_add(
-            value,
-            self.length,
-            self.total,
-            self.comp,
-            self.entries,
-            self.window,
-            self.slot,
-            self.stored,
-        )
-        self.stored += 1
-        self.slot = self.slot + 1 if self.slot + 1 < self.length else 0
-        return self.total
+def _output(name: str) -> tuple[Any, int]:
+    found = lookup_output(name)
+    if found is None:
+        raise ConfigError(f"unknown indicator output {name!r}")
+    return found
 
 
-class _Sma:
-    """``_sma_into`` one value at a time: NaN inputs are skipped (the standing average repeats)."""
-
-    __slots__ = ("length", "sum", "value")
-
-    def __init__(self, length: int) -> None:
-        self.length = length
-        self.sum = _TvSum(length)
-        self.value = _NAN
-
-    def update(self, x: float) -> float:
-        if x == x:
-            total = self.sum.add(x)
-            if self.sum.stored >= self.length:
-                self.value = total / self.length
-        return self.value
-
-
-class _FastSma:
-    """``_fast_sma_into`` one value at a time: the kernel's own :func:`_neumaier_add` (called
-    from Python) on this object's state."""
-
-    __slots__ = ("comp", "head", "length", "ring", "stored", "total")
-
-    def __init__(self, length: int) -> None:
-        self.length = length
-        self.ring = [0.0] * length
-        self.stored = 0
-        self.head = 0
-        self.total = 0.0
-        self.comp = 0.0
-
-    def update(self, value: float) -> float:
-        length = self.length
-        if value == value:
-            total, comp = _neumaier_add(self.total, self.comp, value)
-            if self.stored == length:
-                total, comp = _neumaier_add(total, comp, -self.ring[self.head])
-            else:
-                self.stored += 1
-            self.total, self.comp = total, comp
-            self.ring[self.head] = value
-            self.head = self.head + 1 if self.head + 1 < length else 0
-        return (self.total + self.comp) / length if self.stored == length else _NAN
-
-
-class _Smoothed:
-    """``_smoothed_into`` one value at a time: the mean of the first ``length`` values, then
-    ``prev * (1 - alpha) + x * alpha``; NaN inputs (another indicator's warm-up) are skipped."""
-
-    __slots__ = ("alpha", "count", "keep", "length", "value")
-
-    def __init__(self, length: int, alpha: float) -> None:
-        self.length = length
-        self.alpha = alpha
-        self.keep = 1.0 - alpha
-        self.count = 0
-        self.value = 0.0
-
-    def update(self, x: float) -> float:
-        if x != x:
-            return self.value if self.count >= self.length else _NAN
-        if self.count < self.length:
-            self.count += 1
-            self.value += x
-            if self.count < self.length:
-                return _NAN
-            self.value /= self.length
-        else:
-            self.value = _blend(self.value, self.keep, x, self.alpha)
-        return self.value
-
-
-# ---------------------------------------------------------------------------------------------
-# Indicators: one class per kernel group; update(open, high, low, close) -> outputs
-
-
-class StreamingIndicator:
-    """An indicator group of the rule language fed one bar at a time: :meth:`update` takes the
-    new bar's ``high``, ``low`` and ``close`` and returns every output of the group (the order of
-    :data:`aiopt_lib.strategy.spec.INDICATORS`), NaN during the warm-up."""
-
-    def update(self, high: float, low: float, close: float) -> tuple[float, ...]:
-        """The group's outputs on the new bar."""
-        raise NotImplementedError
-
-
-class _SmaIndicator(StreamingIndicator):
-    def __init__(self, length: int) -> None:
-        self.sma = _Sma(length)
-
-    def update(self, high: float, low: float, close: float) -> tuple[float, ...]:
-        return (self.sma.update(close),)
-
-
-class _EmaIndicator(StreamingIndicator):
-    def __init__(self, length: int) -> None:
-        self.ema = _Smoothed(length, 2.0 / (length + 1))
-
-    def update(self, high: float, low: float, close: float) -> tuple[float, ...]:
-        return (self.ema.update(close),)
-
-
-def _rsi_value(up: float, down: float) -> float:
-    if down <= PINE_EPSILON:
-        return 100.0
-    if up <= PINE_EPSILON:
-        return 0.0
-    return 100.0 * up / (up + down)
-
-
-class _RsiIndicator(StreamingIndicator):
-    """``_rsi_into``: RMA of gains and losses from bar 1, first value at bar ``length``."""
-
-    def __init__(self, length: int) -> None:
-        self.length = length
-        self.alpha = 1.0 / length
-        self.keep = 1.0 - self.alpha
-        self.bars = 0
-        self.prev = _NAN
-        self.up = 0.0
-        self.down = 0.0
-
-    def update(self, high: float, low: float, close: float) -> tuple[float, ...]:
-        i = self.bars
-        self.bars += 1
-        prev, self.prev = self.prev, close
-        if i == 0:
-            return (_NAN,)
-        change = close - prev
-        gain = change if change > 0.0 else 0.0
-        loss = -change if change < 0.0 else 0.0
-        if i <= self.length:
-            self.up += gain
-            self.down += loss
-            if i < self.length:
-                return (_NAN,)
-            self.up /= self.length
-            self.down /= self.length
-        else:
-            self.up = _blend(self.up, self.keep, gain, self.alpha)
-            self.down = _blend(self.down, self.keep, loss, self.alpha)
-        return (_rsi_value(self.up, self.down),)
-
-
-class _MacdIndicator(StreamingIndicator):
-    """``_macd_into``: line from bar ``max(fast, slow) - 1``, the signal seeded with the first
-    ``signal`` line values."""
-
-    def __init__(self, fast: int, slow: int, signal: int) -> None:
-        self.fast = _Smoothed(fast, 2.0 / (fast + 1))
-        self.slow = _Smoothed(slow, 2.0 / (slow + 1))
-        self.signal = _Smoothed(signal, 2.0 / (signal + 1))
-
-    def update(self, high: float, low: float, close: float) -> tuple[float, ...]:
-        fast = self.fast.update(close)
-        slow = self.slow.update(close)
-        line = fast - slow  # NaN until both averages are seeded
-        signal = self.signal.update(line)
-        return line, signal, line - signal
-
-
-class _BollingerIndicator(StreamingIndicator):
-    """``_bollinger_into``: two TradingView sums (of x and x²), population variance."""
-
-    def __init__(self, length: int, mult: float) -> None:
-        self.length = length
-        self.mult = mult
-        self.p = _TvSum(length)
-        self.q = _TvSum(length)
-
-    def update(self, high: float, low: float, close: float) -> tuple[float, ...]:
-        value = close
-        p = self.p.add(value)
-        q = self.q.add(value * value)
-        length = self.length
-        if self.p.stored < length:
-            return (_NAN,) * 5
-        mean = p / length
-        variance = q / length - mean * mean
-        dev = math.sqrt(variance) * self.mult if variance > 0.0 else 0.0
-        up = mean + dev
-        lo = mean - dev
-        band = up - lo
-        pct_b = (value - lo) / band if band != 0.0 else _NAN
-        width = band / mean * 100.0 if mean != 0.0 else _NAN
-        return mean, up, lo, pct_b, width
-
-
-class _StochIndicator(StreamingIndicator):
-    """``_stoch_into``: raw %K over the last ``k_length`` bars (NaN where the range is 0), then the
-    compensated SMAs (which repeat their standing value on a NaN)."""
-
-    def __init__(self, k_length: int, k_smoothing: int, d_length: int) -> None:
-        self.highs: deque[float] = deque(maxlen=k_length)
-        self.lows: deque[float] = deque(maxlen=k_length)
-        self.k = _FastSma(k_smoothing)
-        self.d = _FastSma(d_length)
-
-    def update(self, high: float, low: float, close: float) -> tuple[float, ...]:
-        self.highs.append(high)
-        self.lows.append(low)
-        raw = _NAN
-        if len(self.highs) == self.highs.maxlen:
-            highest, lowest = max(self.highs), min(self.lows)
-            span = highest - lowest
-            raw = 100.0 * (close - lowest) / span if span != 0.0 else _NAN
-        k = self.k.update(raw)
-        return k, self.d.update(k)
-
-
-class _AtrIndicator(StreamingIndicator):
-    """``_atr_into``: RMA of the true range, the first one ``high - low``."""
-
-    def __init__(self, length: int) -> None:
-        self.rma = _Smoothed(length, 1.0 / length)
-        self.prev_close = _NAN
-
-    def update(self, high: float, low: float, close: float) -> tuple[float, ...]:
-        prev = self.prev_close
-        self.prev_close = close
-        tr = high - low if prev != prev else max(high - low, abs(high - prev), abs(low - prev))
-        return (self.rma.update(tr),)
-
-
-class _DmiIndicator(StreamingIndicator):
-    """``_dmi_into``: Wilder sums seeded over bars ``1..di_length``, Pine's tie tolerance, the ADX
-    average skipping bars where the true range average is 0."""
-
-    def __init__(self, di_length: int, adx_smoothing: int) -> None:
-        self.di_length = di_length
-        self.adx_smoothing = adx_smoothing
-        self.alpha = 1.0 / di_length
-        self.keep = 1.0 - self.alpha
-        self.adx_alpha = 1.0 / adx_smoothing
-        self.adx_keep = 1.0 - self.adx_alpha
-        self.bars = 0
-        self.prev: tuple[float, float, float] | None = None
-        self.tr_avg = 0.0
-        self.plus_avg = 0.0
-        self.minus_avg = 0.0
-        self.dx_count = 0
-        self.adx_avg = 0.0
-
-    def update(self, high: float, low: float, close: float) -> tuple[float, ...]:
-        i = self.bars
-        self.bars += 1
-        prev, self.prev = self.prev, (high, low, close)
-        none = (_NAN, _NAN, _NAN)
-        if prev is None:
-            return none
-        prev_high, prev_low, prev_close = prev
-        up = high - prev_high
-        down = prev_low - low
-        tol = PINE_EPSILON
-        plus_dm = up if (up - down > tol and up > tol) else 0.0
-        minus_dm = down if (down - up > tol and down > tol) else 0.0
-        tr = max(high - low, abs(high - prev_close), abs(low - prev_close))
-        n = self.di_length
-        if i <= n:
-            self.tr_avg += tr
-            self.plus_avg += plus_dm
-            self.minus_avg += minus_dm
-            if i < n:
-                return none
-            self.tr_avg /= n
-            self.plus_avg /= n
-            self.minus_avg /= n
-        else:
-            self.tr_avg = _blend(self.tr_avg, self.keep, tr, self.alpha)
-            self.plus_avg = _blend(self.plus_avg, self.keep, plus_dm, self.alpha)
-            self.minus_avg = _blend(self.minus_avg, self.keep, minus_dm, self.alpha)
-        if self.tr_avg == 0.0:
-            return none
-        scale = 100.0 / self.tr_avg
-        plus = self.plus_avg * scale
-        minus = self.minus_avg * scale
-        total = plus + minus
-        dx = abs(plus - minus) / (total if total != 0.0 else 1.0)
-        if self.dx_count < self.adx_smoothing:
-            self.adx_avg += dx
-            self.dx_count += 1
-            if self.dx_count < self.adx_smoothing:
-                return plus, minus, _NAN
-            self.adx_avg /= self.adx_smoothing
-        else:
-            self.adx_avg = _blend(self.adx_avg, self.adx_keep, dx, self.adx_alpha)
-        return plus, minus, 100.0 * self.adx_avg
-
-
-_GROUPS: dict[str, Callable[..., StreamingIndicator]] = {
-    "sma": lambda length: _SmaIndicator(int(length)),
-    "ema": lambda length: _EmaIndicator(int(length)),
-    "rsi": lambda length: _RsiIndicator(int(length)),
-    "atr": lambda length: _AtrIndicator(int(length)),
-    "macd": lambda fast, slow, signal: _MacdIndicator(int(fast), int(slow), int(signal)),
-    "bb": lambda length, mult: _BollingerIndicator(int(length), float(mult)),
-    "stoch": lambda k, smooth, d: _StochIndicator(int(k), int(smooth), int(d)),
-    "dmi": lambda di, adx: _DmiIndicator(int(di), int(adx)),
-}
-
-
-def streaming_indicator(group: str, args: tuple[float, ...]) -> StreamingIndicator:
-    """A fresh :class:`StreamingIndicator` for one kernel ``group`` of
-    :data:`aiopt_lib.strategy.spec.INDICATORS` (``sma ema rsi atr macd bb stoch dmi``) with its
-    arguments in table order (``("macd", (12, 26, 9))``); lengths must be whole numbers >= 1."""
-    if group not in _GROUPS:
-        raise ConfigError(f"unknown indicator group {group!r}; known: {sorted(_GROUPS)}")
-    for value in args:
-        if not (math.isfinite(value) and value > 0):
-            raise ConfigError(f"{group}{args}: arguments must be finite numbers > 0")
-    lengths = args if group != "bb" else args[:1]
-    if any(int(v) != v or v < 1 for v in lengths):
-        raise ConfigError(f"{group}{args}: lengths must be whole numbers >= 1")
-    return _GROUPS[group](*args)
+def streaming_indicator(name: str, args: tuple[float, ...]) -> StreamingIndicator:
+    """A fresh bar-by-bar state machine of the registered indicator ``name``
+    (:data:`aiopt_lib.features.registry.REGISTRY`: ``sma ema rsi atr macd bb stoch dmi cci ...``)
+    with its arguments in registry order (``("macd", (12, 26, 9))``); lengths must be whole
+    numbers >= 1, other arguments finite and > 0."""
+    if name not in REGISTRY:
+        raise ConfigError(f"unknown indicator {name!r}; known: {sorted(REGISTRY)}")
+    definition = REGISTRY[name]
+    return definition.stream(*definition.normalise(tuple(args)))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -464,7 +121,7 @@ class _PatternState:
         for node in nodes:
             if isinstance(node, pat.MovingAverage):
                 key = pat.MovingAverage(node.kind, node.source, node.length, 0)
-                length = pat._length(node.length, self.params)
+                length = pat.average_length(node.length, self.params)
                 deepest = max(
                     (
                         m.offset
@@ -478,7 +135,7 @@ class _PatternState:
                     state: Any = (
                         deque(maxlen=length)
                         if node.kind == "sma"
-                        else _Smoothed(length, 2.0 / (length + 1))
+                        else Smoothed(length, 2.0 / (length + 1))
                     )
                     self.averages[key] = (state, deque(maxlen=deepest + 1))
 
@@ -530,8 +187,7 @@ class _PatternState:
             a, b = self._num(node.left), self._num(node.right)
             if a is None or b is None:
                 return False
-            op = node.op
-            return a < b if op == "<" else a <= b if op == "<=" else a > b if op == ">" else a >= b
+            return bool(pat.pine_compare(node.op, a, b))
         if isinstance(node, pat.And):
             return all([self._bool(t) for t in node.terms])
         if isinstance(node, pat.Or):
@@ -626,10 +282,10 @@ class StreamingEvaluator:
         for key, distance in distances.items():
             if distance is None:
                 continue
-            value = spec._number(distance.value, "distance")
+            value = spec.resolve_number(distance.value, "distance")
             atr: Node | None = None
             if distance.unit == "atr":
-                length = spec._number(distance.atr_length, "atr_length")
+                length = spec.resolve_number(distance.atr_length, "atr_length")
                 atr = Indicator("atr", (Const(float(length)),))
                 extra.append(atr)
             self._distances[key] = (distance.unit, value, atr)
@@ -694,7 +350,7 @@ class StreamingEvaluator:
             float(self.spec.params[a.name]) if isinstance(a, Param) else float(a.value)  # type: ignore[attr-defined]
             for a in node.args
         )
-        return INDICATORS[node.name].group, args
+        return _output(node.name)[0].name, args
 
     def value(self, node: Node) -> Any:
         """The value of ``node`` (a node of one of the spec's rules) on the last bar."""
@@ -702,26 +358,27 @@ class StreamingEvaluator:
 
     def indicator_value(self, name: str, args: tuple[float, ...]) -> float:
         """The last value of indicator ``name`` with ``args`` (one the spec's rules use)."""
-        key = (INDICATORS[name].group, tuple(float(a) for a in args))
-        return self._outputs[self._indicator_keys.index(key)][INDICATORS[name].output]
+        definition, output = _output(name)
+        key = (definition.name, tuple(float(a) for a in args))
+        return self._outputs[self._indicator_keys.index(key)][output]
 
     def update(
         self, open: float, high: float, low: float, close: float, volume: float, ts: Any
     ) -> BarSignals:
         """Take one new bar (its open time ``ts``: a ``datetime`` or int ns since the epoch) and
         return its signals, computed from this bar and the bars given before it."""
-        o, h, lo, c = float(open), float(high), float(low), float(close)
+        o, h, lo, c, v = float(open), float(high), float(low), float(close), float(volume)
         self.bars_seen += 1
         outputs = self._outputs
         for j, indicator in enumerate(self._indicator_list):
-            outputs[j] = indicator.update(h, lo, c)
+            outputs[j] = indicator.update(o, h, lo, c, v)
         for state in self._pattern_list:
             state.update(o, h, lo, c)
         if self._predictions is not None:
             self._prediction[0] = self._predictions.get(_ts_ns(ts))
         prices = self._prices  # the order of _PRICE_FIELDS
         prices[0], prices[1], prices[2], prices[3] = o, h, lo, c
-        prices[4] = float(volume)
+        prices[4] = v
         prices[5] = (h + lo) / 2.0
         prices[6] = (h + lo + c) / 3.0
         prices[7] = (o + h + lo + c) / 4.0
@@ -759,7 +416,7 @@ class StreamingEvaluator:
         if isinstance(node, Indicator):
             outputs = self._outputs
             j = self._indicator_keys.index(self._indicator_key(node))
-            out = INDICATORS[node.name].output
+            out = _output(node.name)[1]
 
             def indicator() -> None:
                 v[i] = outputs[j][out]
@@ -862,14 +519,15 @@ def _arith_step(v: list[Any], i: int, a: int, b: int, op: str) -> Callable[[], N
     return div
 
 
+# Pine's comparisons: within PINE_EPSILON (1e-10, absolute) is equal, as in the vectorised rules
 _COMPARISONS: dict[str, Callable[[Any, Any], bool]] = {
-    "<": lambda x, y: x < y,
-    "<=": lambda x, y: x <= y,
-    ">": lambda x, y: x > y,
-    ">=": lambda x, y: x >= y,
-    "==": lambda x, y: x == y,
+    "<": lambda x, y: x - y < -PINE_EPSILON,
+    "<=": lambda x, y: x <= y or x - y <= PINE_EPSILON,
+    ">": lambda x, y: x - y > PINE_EPSILON,
+    ">=": lambda x, y: x >= y or x - y >= -PINE_EPSILON,
+    "==": lambda x, y: x == y or abs(x - y) <= PINE_EPSILON,
     # na != x is False, as in the vectorised rules
-    "!=": lambda x, y: x == x and y == y and x != y,
+    "!=": lambda x, y: x == x and y == y and not (x == y or abs(x - y) <= PINE_EPSILON),
 }
 
 

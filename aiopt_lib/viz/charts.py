@@ -11,12 +11,23 @@ from __future__ import annotations
 import datetime as dt
 import json
 import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import altair as alt
 import polars as pl
 
 from aiopt_lib.core.bars import ensure_bars, infer_timeframe
+from aiopt_lib.core.errors import ConfigError
+from aiopt_lib.features.patterns import PATTERNS
+from aiopt_lib.features.registry import (
+    REGISTRY,
+    IndicatorDef,
+    IndicatorParams,
+    IndicatorRequest,
+    compute_frame,
+)
 
 GAP_COLOURS = {
     "expected_weekend": "#d9d9d9",
@@ -70,11 +81,14 @@ def enable_offline_altair() -> None:
     alt.data_transformers.disable_max_rows()
 
 
-def _inline(frame: pl.DataFrame) -> alt.InlineData:
-    """Chart data inlined in the spec, datetimes as ISO-8601 UTC strings.
+def inline_data(frame: pl.DataFrame) -> alt.InlineData:
+    """``frame`` as Altair data inlined in the chart spec, datetime columns as ISO-8601 UTC strings
+    (``2017-01-02T03:00:00Z``): the data of every chart of ``aiopt_lib.viz``, e.g.
+    ``alt.Chart(inline_data(frame))``.
 
     Inline data is not subject to Altair's row limit, so a chart does not depend on the global
-    data-transformer setting (which notebooks and tests may not have changed).
+    data-transformer setting (which notebooks and tests may not have changed), and a chart saved
+    as HTML carries its data.
     """
     converted = frame.with_columns(
         pl.col(pl.Datetime).dt.convert_time_zone("UTC").dt.strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -117,7 +131,7 @@ def price_chart(
     ``kind``); each gap is drawn from the end of the bar before it to the open of the bar after it.
     """
     ensure_bars(bars)
-    line_data = _inline(_downsample_close(bars, max_points))
+    line_data = inline_data(_downsample_close(bars, max_points))
     zoom = alt.selection_interval(bind="scales", encodings=["x"])
     line = (
         alt.Chart(line_data)
@@ -142,7 +156,7 @@ def price_chart(
         pl.col("kind"),
         pl.col("missing_bars"),
     )
-    shade = _inline(shade)
+    shade = inline_data(shade)
     rects = (
         alt.Chart(shade)
         .mark_rect(opacity=0.45)
@@ -168,7 +182,7 @@ def price_chart(
 def hour_of_week_chart(profile: pl.DataFrame, *, width: int = 700) -> alt.VConcatChart:
     """Bar panels of a :func:`aiopt_lib.data.explore.hour_of_week_profile`: volume, range and (when the
     data has it) spread by hour of the week (UTC), Monday 00:00 first."""
-    data = _inline(profile)
+    data = inline_data(profile)
     metrics = [("median_volume", "median volume"), ("median_range_pips", "median range (pips)")]
     if (
         "median_spread_pips" in profile.columns
@@ -194,8 +208,169 @@ def hour_of_week_chart(profile: pl.DataFrame, *, width: int = 700) -> alt.VConca
     return alt.vconcat(*panels).properties(title="The trading week")
 
 
-OVERLAY_INDICATORS = ("bb", "ema", "sma")
-PANEL_INDICATORS = ("rsi", "macd", "stoch", "adx")
+# ---------------------------------------------------------------------------------------------
+# Indicators on charts: everything comes from the registry (aiopt_lib.features.registry)
+
+INDICATOR_ALIASES: dict[str, str] = {"adx": "dmi"}
+"""Older chart names of registered indicators (``"adx"`` draws the ``dmi`` indicator)."""
+
+DEFAULT_PANEL_INDICATORS: tuple[str, ...] = ("bb", "ema", "sma", "rsi", "macd", "stoch", "dmi")
+"""What :func:`indicator_panels` draws by default."""
+
+# one colour per indicator on the price axis (a band's lines share it), one per line in a panel
+_OVERLAY_COLOURS = ("#6baed6", "#fd8d3c", "#756bb1", "#e7298a", "#66a61e", "#a6761d", "#1b9e77")
+_PANEL_COLOURS = ("#2171b5", "#cb181d", "#238b45", "#fd8d3c", "#6a51a3", "#252525")
+_HISTOGRAM_COLOUR = "#969696"
+_LEVEL_COLOUR = "#999999"
+_CLOSE_COLOUR = "#1f4e79"
+
+
+@dataclass(frozen=True)
+class _ChartIndicator:
+    """One indicator as a chart draws it: its definition, the request its columns come from and
+    ``columns`` (output -> column name, in the definition's output order)."""
+
+    definition: IndicatorDef
+    request: IndicatorRequest
+    columns: dict[str, str]
+
+    @property
+    def on_price(self) -> bool:
+        """Drawn on the price axis: the indicator has ``overlay`` outputs (then only those are
+        drawn; the others, like Bollinger %B, are not prices)."""
+        return bool(self.definition.overlay)
+
+    @property
+    def drawn(self) -> tuple[str, ...]:
+        """The columns drawn: the overlay outputs' on the price axis, else every output's."""
+        d = self.definition
+        return tuple(c for o, c in self.columns.items() if not d.overlay or o in d.overlay)
+
+    @property
+    def histogram(self) -> frozenset[str]:
+        return frozenset(self.columns[o] for o in self.definition.histogram if o in self.columns)
+
+
+def _chart_indicators(indicators: Any, params: Any) -> list[_ChartIndicator]:
+    """The indicators to draw, from registry names (or :data:`INDICATOR_ALIASES`), requests
+    (:class:`IndicatorRequest`) or a mapping ``{name: args}``.
+
+    A name of one of the eight classic indicators takes its arguments from ``params`` (an
+    :class:`IndicatorParams`, default ``IndicatorParams()``), any other its registry defaults.
+    Raises ``ValueError`` naming the unknown names and listing the known ones."""
+    p = IndicatorParams() if params is None else params
+    if not isinstance(p, IndicatorParams):
+        raise TypeError(f"indicator params must be an IndicatorParams, got {type(p).__name__}")
+    classic = {r.name: r for r in p.requests()}
+    if isinstance(indicators, str | IndicatorRequest):
+        indicators = (indicators,)
+    items = (
+        list(indicators.items())
+        if isinstance(indicators, Mapping)
+        else [(item, None) for item in indicators]
+    )
+    requests: list[IndicatorRequest] = []
+    unknown: list[str] = []
+    for item, args in items:
+        if isinstance(item, IndicatorRequest):
+            name = INDICATOR_ALIASES.get(item.name, item.name)
+            request = IndicatorRequest(name, item.args, item.source)
+        else:
+            name = INDICATOR_ALIASES.get(item, item)
+            if args is not None:
+                values = tuple(args) if isinstance(args, list | tuple) else (args,)
+                request = IndicatorRequest(name, values)
+            else:
+                request = classic.get(name, IndicatorRequest(name))
+        if name not in REGISTRY:
+            unknown.append(str(item.name if isinstance(item, IndicatorRequest) else item))
+            continue
+        requests.append(request)
+    if unknown:
+        aliases = ", ".join(f"{a!r} for {n!r}" for a, n in INDICATOR_ALIASES.items())
+        raise ValueError(
+            f"unknown indicator(s) {unknown}; known: {', '.join(sorted(REGISTRY))}"
+            + (f" (and {aliases})" if aliases else "")
+        )
+    drawn: dict[tuple[Any, ...], _ChartIndicator] = {}
+    for request in requests:
+        try:
+            definition, args, source = request.resolve()
+        except ConfigError as error:
+            raise ValueError(str(error)) from error
+        columns = dict(zip(definition.outputs, request.columns(), strict=True))
+        drawn.setdefault(
+            (definition.name, args, source), _ChartIndicator(definition, request, columns)
+        )
+    return list(drawn.values())
+
+
+def _with_indicator_columns(bars: pl.DataFrame, drawn: list[_ChartIndicator]) -> pl.DataFrame:
+    """``bars`` with the columns of ``drawn``: the missing ones computed on the whole of
+    ``bars`` (causal values; a chart window cut afterwards shows what every other consumer sees),
+    the ones already there kept."""
+    missing = [d.request for d in drawn if any(c not in bars.columns for c in d.columns.values())]
+    if not missing:
+        return bars
+    return compute_frame(bars, missing)
+
+
+def _panel_lines(d: _ChartIndicator) -> tuple[list[str], list[str]]:
+    """A panel's (histogram columns, line columns), in output order."""
+    bars = [c for c in d.drawn if c in d.histogram]
+    return bars, [c for c in d.drawn if c not in d.histogram]
+
+
+def _indicator_addplots(
+    window: pl.DataFrame, drawn: list[_ChartIndicator], first_panel: int
+) -> tuple[list[str], list[Any]]:
+    """mplfinance addplots for indicator overlays and panels; returns (panel titles, addplots).
+
+    Overlay outputs go on the price panel (one colour per indicator); every other indicator gets
+    a panel of its own (``first_panel`` on), with its title as the y label, its ``bounds`` as
+    the y range, its ``levels`` as dashed lines and its ``histogram`` outputs as grey bars. Each
+    line is labelled with its column name (the panel legends)."""
+    import mplfinance as mpf
+    import numpy as np
+
+    def values(column: str) -> Any:
+        return window.get_column(column).cast(pl.Float64).fill_null(float("nan")).to_numpy()
+
+    plots: list[Any] = []
+    overlays = [d for d in drawn if d.on_price]
+    for i, d in enumerate(overlays):
+        colour = _OVERLAY_COLOURS[i % len(_OVERLAY_COLOURS)]
+        width = 0.8 if len(d.drawn) > 1 else 1.0
+        for column in d.drawn:
+            plots.append(
+                mpf.make_addplot(
+                    values(column), color=colour, width=width, secondary_y=False, label=column
+                )
+            )
+    panels = [d for d in drawn if not d.on_price]
+    for offset, d in enumerate(panels):
+        panel: dict[str, Any] = {"panel": first_panel + offset, "secondary_y": False}
+        if d.definition.bounds is not None:
+            panel["ylim"] = tuple(d.definition.bounds)
+        bars, lines = _panel_lines(d)
+        styles = [{"type": "bar", "color": _HISTOGRAM_COLOUR} for _ in bars] + [
+            {"color": _PANEL_COLOURS[k % len(_PANEL_COLOURS)], "width": 1.0}
+            for k in range(len(lines))
+        ]
+        for k, (column, style) in enumerate(zip(bars + lines, styles, strict=True)):
+            title = {"ylabel": d.definition.title} if k == 0 else {}
+            plots.append(mpf.make_addplot(values(column), label=column, **style, **title, **panel))
+        for level in d.definition.levels:
+            plots.append(
+                mpf.make_addplot(
+                    np.full(window.height, float(level)),
+                    color=_LEVEL_COLOUR,
+                    linestyle="--",
+                    width=0.7,
+                    **panel,
+                )
+            )
+    return [d.definition.title for d in panels], plots
 
 
 def candle_chart(
@@ -207,7 +382,7 @@ def candle_chart(
     volume: bool = True,
     mav: tuple[int, ...] = (),
     patterns: bool | list[str] = False,
-    indicators: tuple[str, ...] | list[str] = (),
+    indicators: Sequence[str | IndicatorRequest] | Mapping[str, Any] = (),
     indicator_params: Any = None,
     signals: pl.DataFrame | None = None,
     trades: pl.DataFrame | None = None,
@@ -217,10 +392,18 @@ def candle_chart(
     - ``patterns``: mark candlestick patterns (``True``: every ``pat_*`` column of ``bars``, or a
       list of pattern names): bullish ones with a green triangle under the low, bearish ones with
       a red triangle over the high, neutral ones (doji) with a grey dot.
-    - ``indicators``: any of ``"bb"``, ``"ema"``, ``"sma"`` (drawn on the price panel) and
-      ``"rsi"``, ``"macd"``, ``"stoch"``, ``"adx"`` (one panel each), with ``indicator_params``
-      (default ``IndicatorParams()``). Missing columns are computed on the whole of ``bars``
-      before the window is cut, so the window shows the same (causal) values as everywhere else.
+    - ``indicators``: registered indicator names
+      (:data:`aiopt_lib.features.registry.REGISTRY`: ``"bb"``, ``"ema"``, ``"rsi"``, ...;
+      ``"adx"`` is an alias of ``"dmi"``), requests
+      (:class:`~aiopt_lib.features.registry.IndicatorRequest`: explicit arguments or source),
+      or a mapping ``{name: args}``. The eight classic indicators take their arguments from
+      ``indicator_params`` (default ``IndicatorParams()``), the others their registry defaults.
+      An indicator's ``overlay`` outputs (moving averages, bands) are drawn on the price panel,
+      one colour per indicator; every other indicator gets a panel of its own, in the order
+      given, with its ``title`` as the y label, its ``levels`` as dashed lines, its ``bounds`` as
+      the y range and its ``histogram`` outputs as bars. Each line is labelled with its column
+      name. Missing columns are computed on the whole of ``bars`` before the window is cut, so
+      the window shows the same (causal) values as everywhere else.
     - ``signals``: a frame with ``ts`` and ``signal`` (``"BUY"``/``"SELL"``; other values are
       ignored), marked with large blue/orange arrows at the signal bar.
     - ``trades``: a frame with ``entry_ts``, ``exit_ts``, ``side`` (``"long"``/``"short"``),
@@ -236,12 +419,8 @@ def candle_chart(
     # mplfinance's styles ask for font weights DejaVu lacks; matplotlib logs each fallback
     logging.getLogger("matplotlib.font_manager").setLevel(logging.ERROR)
     ensure_bars(bars)
-    unknown = sorted(set(indicators) - set(OVERLAY_INDICATORS) - set(PANEL_INDICATORS))
-    if unknown:
-        raise ValueError(
-            f"unknown indicator(s) {unknown}; use {OVERLAY_INDICATORS + PANEL_INDICATORS}"
-        )
-    source = _with_indicator_columns(bars, indicators, indicator_params)
+    drawn = _chart_indicators(indicators, indicator_params)
+    source = _with_indicator_columns(bars, drawn)
     window = source
     if end is not None:
         window = source.filter(pl.col("ts") <= _as_utc(end))
@@ -258,9 +437,7 @@ def candle_chart(
     has_volume = volume and float(frame["Volume"].sum()) > 0
     first_panel = 2 if has_volume else 1
     addplots = _pattern_markers(window, patterns) if patterns else []
-    panel_names, indicator_plots = _indicator_addplots(
-        window, indicators, indicator_params, first_panel
-    )
+    panel_names, indicator_plots = _indicator_addplots(window, drawn, first_panel)
     addplots += indicator_plots
     if signals is not None:
         addplots += _signal_markers(window, signals)
@@ -298,81 +475,13 @@ def candle_chart(
             _marker_handle("^", "#2171b5", "BUY signal"),
             _marker_handle("v", "#ff7f00", "SELL signal"),
         ]
-    if handles:
-        axes[0].legend(handles=handles, loc="upper left", fontsize=8)
+    for ax in axes:  # the indicator lines' legends (mplfinance made them), small
+        lines, labels = ax.get_legend_handles_labels()
+        if ax is axes[0] and handles:
+            ax.legend(handles=[*lines, *handles], loc="upper left", fontsize=8)
+        elif ax.get_legend() is not None:
+            ax.legend(lines, labels, loc="upper left", fontsize=7)
     return fig
-
-
-def _with_indicator_columns(
-    bars: pl.DataFrame, indicators: tuple[str, ...] | list[str], params: Any
-) -> pl.DataFrame:
-    if not indicators:
-        return bars
-    from aiopt_lib.features.indicators import IndicatorParams, add_indicators
-
-    p = params or IndicatorParams()
-    if all(c in bars.columns for c in p.columns()):
-        return bars
-    return add_indicators(bars.drop([c for c in p.columns() if c in bars.columns]), p)
-
-
-def _indicator_addplots(
-    window: pl.DataFrame, indicators: tuple[str, ...] | list[str], params: Any, first_panel: int
-) -> tuple[list[str], list[Any]]:
-    """mplfinance addplots for indicator overlays and panels; returns (panel names, addplots)."""
-    import mplfinance as mpf
-
-    from aiopt_lib.features.indicators import IndicatorParams, column_name
-
-    p = params or IndicatorParams()
-
-    def values(kind: str) -> Any:
-        return (
-            window.get_column(column_name(kind, p))
-            .cast(pl.Float64)
-            .fill_null(float("nan"))
-            .to_numpy()
-        )
-
-    plots: list[Any] = []
-    if "bb" in indicators:
-        for kind in ("bb_upper", "bb_basis", "bb_lower"):
-            plots.append(mpf.make_addplot(values(kind), color="#6baed6", width=0.8))
-    if "ema" in indicators:
-        plots.append(mpf.make_addplot(values("ema"), color="#fd8d3c", width=1.0))
-    if "sma" in indicators:
-        plots.append(mpf.make_addplot(values("sma"), color="#756bb1", width=1.0))
-    panels = [kind for kind in PANEL_INDICATORS if kind in indicators]
-    for offset, kind in enumerate(panels):
-        panel = first_panel + offset
-        if kind == "rsi":
-            plots.append(
-                mpf.make_addplot(
-                    values("rsi"), panel=panel, color="#6a51a3", ylabel="RSI", ylim=(0, 100)
-                )
-            )
-        elif kind == "macd":
-            plots += [
-                mpf.make_addplot(
-                    values("macd_hist"), panel=panel, type="bar", color="#969696", ylabel="MACD"
-                ),
-                mpf.make_addplot(values("macd"), panel=panel, color="#2171b5"),
-                mpf.make_addplot(values("macd_signal"), panel=panel, color="#cb181d"),
-            ]
-        elif kind == "stoch":
-            plots += [
-                mpf.make_addplot(
-                    values("stoch_k"), panel=panel, color="#238b45", ylabel="Stoch", ylim=(0, 100)
-                ),
-                mpf.make_addplot(values("stoch_d"), panel=panel, color="#fd8d3c"),
-            ]
-        elif kind == "adx":
-            plots += [
-                mpf.make_addplot(values("adx"), panel=panel, color="#252525", ylabel="ADX/DI"),
-                mpf.make_addplot(values("plus_di"), panel=panel, color="#1a9850"),
-                mpf.make_addplot(values("minus_di"), panel=panel, color="#d73027"),
-            ]
-    return panels, plots
 
 
 def _signal_markers(window: pl.DataFrame, signals: pl.DataFrame) -> list[Any]:
@@ -435,8 +544,6 @@ def _pattern_markers(window: pl.DataFrame, patterns: bool | list[str]) -> list[A
     import mplfinance as mpf
     import numpy as np
 
-    from aiopt_lib.features.patterns import PATTERNS
-
     names = (
         [c.removeprefix("pat_") for c in window.columns if c.startswith("pat_")]
         if patterns is True
@@ -466,78 +573,120 @@ def _pattern_markers(window: pl.DataFrame, patterns: bool | list[str]) -> list[A
     return plots
 
 
+def _field(column: str) -> str:
+    """A column name as a Vega-Lite field: dots escaped (``kc_upper_20_1.5`` is not nested)."""
+    return column.replace(".", "\\.")
+
+
+def _fold_lines(data: Any, columns: list[str], colours: list[str], x: Any, y: Any) -> alt.Chart:
+    """One line per column, coloured by series (``colours`` in column order)."""
+    return (
+        alt.Chart(data)
+        .transform_fold([_field(c) for c in columns], as_=["series", "value"])
+        .mark_line(strokeWidth=1)
+        .encode(
+            x=x,
+            y=y,
+            color=alt.Color("series:N", scale=alt.Scale(domain=columns, range=colours), title=None),
+            tooltip=[alt.Tooltip("ts:T", format="%Y-%m-%d %H:%M"), "series:N", "value:Q"],
+        )
+    )
+
+
+def _overlay_colours(overlays: list[_ChartIndicator]) -> tuple[list[str], list[str]]:
+    """The (columns, colours) of the price-axis lines: one colour per indicator."""
+    columns, colours = [], []
+    for i, d in enumerate(overlays):
+        columns += d.drawn
+        colours += [_OVERLAY_COLOURS[i % len(_OVERLAY_COLOURS)]] * len(d.drawn)
+    return columns, colours
+
+
+def _altair_panel(data: Any, d: _ChartIndicator, x: Any, width: int, height: int) -> alt.LayerChart:
+    """An Altair panel of one indicator: its histogram outputs as grey bars, its other outputs as
+    lines, its levels as dashed rules, its bounds as the y range, its title as the y title."""
+    definition = d.definition
+    scale = (
+        alt.Scale(domain=list(definition.bounds))
+        if definition.bounds is not None
+        else alt.Scale(zero=False)
+    )
+    y = alt.Y("value:Q", scale=scale, title=definition.title)
+    bars, lines = _panel_lines(d)
+    layers: list[Any] = [
+        alt.Chart(data)
+        .mark_bar(opacity=0.5, color=_HISTOGRAM_COLOUR)
+        .encode(
+            x=x,
+            y=alt.Y(f"{_field(column)}:Q", scale=scale, title=definition.title),
+            tooltip=[alt.Tooltip("ts:T", format="%Y-%m-%d %H:%M"), f"{_field(column)}:Q"],
+        )
+        for column in bars
+    ]
+    if lines:
+        colours = [_PANEL_COLOURS[k % len(_PANEL_COLOURS)] for k in range(len(lines))]
+        layers.append(_fold_lines(data, lines, colours, x, y))
+    if definition.levels:
+        layers.append(
+            alt.Chart(alt.InlineData(values=[{"level": float(v)} for v in definition.levels]))
+            .mark_rule(strokeDash=[4, 3], color=_LEVEL_COLOUR)
+            .encode(y=alt.Y("level:Q", scale=scale))
+        )
+    return alt.layer(*layers).properties(width=width, height=height)
+
+
 def indicator_panels(
     frame: pl.DataFrame,
     *,
     params: Any = None,
+    indicators: Sequence[str | IndicatorRequest] | Mapping[str, Any] = DEFAULT_PANEL_INDICATORS,
     n_bars: int | None = 1500,
     width: int = 900,
 ) -> alt.VConcatChart:
-    """Interactive indicator panels over a shared, zoomable time axis: price with Bollinger Bands,
-    EMA and SMA; RSI with 30/70; MACD line, signal and histogram; Stochastic %K/%D with 20/80;
-    ADX with +DI/−DI. ``frame`` holds the indicator columns of ``params`` (default
-    ``IndicatorParams()``), e.g. from :func:`aiopt_lib.features.indicators.add_indicators`; the last
-    ``n_bars`` are drawn (None: all)."""
-    from aiopt_lib.features.indicators import IndicatorParams, column_name
+    """Interactive indicator panels over a shared, zoomable time axis (drag on the price panel to
+    zoom, double-click to reset).
 
-    p = params or IndicatorParams()
-    c = {kind: column_name(kind, p) for kind in (
-        "bb_upper", "bb_lower", "bb_basis", "ema", "sma", "rsi", "macd", "macd_signal",
-        "macd_hist", "stoch_k", "stoch_d", "adx", "plus_di", "minus_di",
-    )}  # fmt: skip
-    missing = [name for name in c.values() if name not in frame.columns]
+    ``indicators``: registered indicator names (:data:`aiopt_lib.features.registry.REGISTRY`;
+    ``"adx"`` is an alias of ``"dmi"``), requests
+    (:class:`~aiopt_lib.features.registry.IndicatorRequest`), or a mapping ``{name: args}``. The
+    eight classic indicators take their arguments from ``params`` (default ``IndicatorParams()``),
+    the others their registry defaults. An indicator with ``overlay`` outputs (moving averages,
+    bands) is drawn on the price panel with the close (only those outputs: Bollinger %B is not
+    drawn); every other one in a panel of its own, titled with its ``title``, with its
+    ``levels`` as dashed lines, its ``bounds`` as the y range and its ``histogram`` outputs as
+    bars. The default draws price with Bollinger Bands, EMA and SMA; RSI (30/70); MACD with its
+    histogram; Stochastic %K/%D (20/80); +DI/−DI/ADX.
+
+    ``frame`` holds the indicator columns (:func:`aiopt_lib.features.registry.add_indicators`,
+    ``add_indicator`` or ``compute_frame``); the last ``n_bars`` are drawn (None: all)."""
+    drawn = _chart_indicators(indicators, params)
+    columns = list(dict.fromkeys(c for d in drawn for c in d.drawn))
+    missing = [c for c in columns if c not in frame.columns]
     if missing:
-        raise ValueError(f"frame lacks indicator column(s) {missing}; run add_indicators first")
+        raise ValueError(
+            f"frame lacks indicator column(s) {missing}; run add_indicators (add_indicator or "
+            "compute_frame for other indicators) first"
+        )
     data = frame if n_bars is None else frame.tail(n_bars)
-    source = _inline(data.select("ts", "close", *c.values()))
+    source = inline_data(data.select("ts", "close", *columns))
     zoom = alt.selection_interval(bind="scales", encodings=["x"])
     x = alt.X("ts:T", title=None)
-
-    def lines(columns: list[str], title: str, colours: list[str], height: int) -> alt.Chart:
-        return (
-            alt.Chart(source)
-            .transform_fold(columns, as_=["series", "value"])
-            .mark_line(strokeWidth=1)
-            .encode(
-                x=x,
-                y=alt.Y("value:Q", scale=alt.Scale(zero=False), title=title),
-                color=alt.Color(
-                    "series:N", scale=alt.Scale(domain=columns, range=colours), title=None
-                ),
-            )
-            .properties(width=width, height=height)
+    overlay_columns, overlay_colours = _overlay_colours([d for d in drawn if d.on_price])
+    price = (
+        _fold_lines(
+            source,
+            ["close", *overlay_columns],
+            [_CLOSE_COLOUR, *overlay_colours],
+            x,
+            alt.Y("value:Q", scale=alt.Scale(zero=False), title="price"),
         )
-
-    def rules(levels: list[float]) -> alt.Chart:
-        return (
-            alt.Chart(alt.InlineData(values=[{"y": v} for v in levels]))
-            .mark_rule(strokeDash=[4, 3], color="#999999")
-            .encode(y="y:Q")
-        )
-
-    price = lines(
-        ["close", c["bb_upper"], c["bb_basis"], c["bb_lower"], c["ema"], c["sma"]],
-        "price",
-        ["#1f4e79", "#9ecae1", "#6baed6", "#9ecae1", "#fd8d3c", "#756bb1"],
-        220,
-    ).add_params(zoom)
-    rsi = alt.layer(lines([c["rsi"]], "RSI", ["#6a51a3"], 90), rules([30, 70]))
-    hist = (
-        alt.Chart(source)
-        .mark_bar(opacity=0.5, color="#969696")
-        .encode(x=x, y=alt.Y(f"{c['macd_hist']}:Q", title="MACD"))
+        .add_params(zoom)
+        .properties(width=width, height=220)
     )
-    macd = alt.layer(hist, lines([c["macd"], c["macd_signal"]], "MACD", ["#2171b5", "#cb181d"], 90))
-    stoch = alt.layer(
-        lines([c["stoch_k"], c["stoch_d"]], "Stochastic", ["#238b45", "#fd8d3c"], 90),
-        rules([20, 80]),
-    )
-    adx = lines(
-        [c["adx"], c["plus_di"], c["minus_di"]], "ADX / DI", ["#252525", "#1a9850", "#d73027"], 90
-    )
+    panels = [_altair_panel(source, d, x, width, 90) for d in drawn if not d.on_price]
     return (
-        alt.vconcat(price, rsi, macd, stoch, adx)
-        .resolve_scale(color="independent")
+        alt.vconcat(price, *panels)
+        .resolve_scale(x="shared", color="independent")
         .properties(title="Indicators (drag on the price panel to zoom)")
     )
 
@@ -551,7 +700,7 @@ def class_balance_chart(balance: pl.DataFrame, *, title: str = "Label classes") 
         scale=alt.Scale(domain=["BUY", "SELL", "HOLD"], range=["#1a9850", "#d73027", "#969696"]),
     )
     chart = (
-        alt.Chart(_inline(data))
+        alt.Chart(inline_data(data))
         .mark_bar()
         .encode(
             x=alt.X("class:N", sort=["BUY", "SELL", "HOLD"], title=None),
@@ -582,29 +731,38 @@ def trading_chart(
     *,
     signals: pl.DataFrame | None = None,
     trades: pl.DataFrame | None = None,
-    overlays: tuple[str, ...] = ("bb", "ema"),
+    overlays: Sequence[str | IndicatorRequest] | Mapping[str, Any] = ("bb", "ema"),
     indicator_params: Any = None,
     n_bars: int | None = 500,
     width: int = 900,
     height: int = 320,
     title: str = "Price, signals and trades",
-) -> alt.LayerChart:
-    """An interactive Altair candle chart: candles, indicator overlays (``"bb"``, ``"ema"``,
-    ``"sma"``), BUY/SELL signal markers (``signals``: ``ts``, ``signal``) and trades (``trades``:
-    ``entry_ts``, ``exit_ts``, ``side``, ``entry_price``, ``exit_price``; a segment per trade,
-    green when it won), over the last ``n_bars`` bars. Drag to zoom, double-click to reset."""
-    from aiopt_lib.features.indicators import IndicatorParams, column_name
+) -> alt.LayerChart | alt.VConcatChart:
+    """An interactive Altair candle chart: candles, indicators, BUY/SELL signal markers
+    (``signals``: ``ts``, ``signal``) and trades (``trades``: ``entry_ts``, ``exit_ts``, ``side``,
+    ``entry_price``, ``exit_price``; a segment per trade, green when it won), over the last
+    ``n_bars`` bars. Drag to zoom, double-click to reset.
 
+    ``overlays``: registered indicator names (``"adx"`` is an alias of ``"dmi"``),
+    requests (:class:`~aiopt_lib.features.registry.IndicatorRequest`) or a mapping
+    ``{name: args}``;
+    the eight classic indicators take their arguments from ``indicator_params`` (default
+    ``IndicatorParams()``), the others their registry defaults. Columns ``frame`` lacks are
+    computed on the whole of it before the last bars are cut. An indicator's ``overlay``
+    outputs (moving averages, bands) are drawn over the candles, one colour per indicator; an
+    indicator without them (RSI, MACD, ...) gets a panel of its own below the candles (as in
+    :func:`indicator_panels`), and the chart is then an ``alt.VConcatChart`` (else an
+    ``alt.LayerChart``)."""
     ensure_bars(frame.select("ts", "open", "high", "low", "close", "volume"))
-    p = indicator_params or IndicatorParams()
-    data = _with_indicator_columns(frame, overlays, p)
+    drawn = _chart_indicators(overlays, indicator_params)
+    data = _with_indicator_columns(frame, drawn)
     data = data if n_bars is None else data.tail(n_bars)
     first, last = data["ts"].min(), data["ts"].max()
     zoom = alt.selection_interval(bind="scales", encodings=["x"])
     candles = data.select(
         "ts", "open", "high", "low", "close", (pl.col("close") >= pl.col("open")).alias("up")
     )
-    base = alt.Chart(_inline(candles)).encode(
+    base = alt.Chart(inline_data(candles)).encode(
         x=alt.X("ts:T", title=None),
         color=alt.condition("datum.up", alt.value("#26a69a"), alt.value("#ef5350")),
     )
@@ -620,22 +778,12 @@ def trading_chart(
         ],
     )
     layers: list[Any] = [wicks.add_params(zoom), bodies]
-    kinds = {"bb": ("bb_upper", "bb_basis", "bb_lower"), "ema": ("ema",), "sma": ("sma",)}
-    unknown = sorted(set(overlays) - set(kinds))
-    if unknown:
-        raise ValueError(f"unknown overlay(s) {unknown}; use {sorted(kinds)}")
-    names = [column_name(k, p) for o in overlays for k in kinds[o]]
+    names, colours = _overlay_colours([d for d in drawn if d.on_price])
     if names:
         lines = data.select("ts", *names)
         layers.append(
-            alt.Chart(_inline(lines))
-            .transform_fold(names, as_=["series", "value"])
-            .mark_line(strokeWidth=1)
-            .encode(
-                x="ts:T",
-                y="value:Q",
-                color=alt.Color("series:N", title=None),
-                strokeDash=alt.value([1, 0]),
+            _fold_lines(inline_data(lines), names, colours, "ts:T", "value:Q").encode(
+                strokeDash=alt.value([1, 0])
             )
         )
     if signals is not None:
@@ -652,7 +800,7 @@ def trading_chart(
         )
         if marks.height:
             layers.append(
-                alt.Chart(_inline(marks))
+                alt.Chart(inline_data(marks))
                 .mark_point(filled=True, size=90)
                 .encode(
                     x="ts:T",
@@ -683,7 +831,7 @@ def trading_chart(
         if inside.height:
             layers.append(
                 alt.Chart(
-                    _inline(
+                    inline_data(
                         inside.select(
                             "entry_ts", "exit_ts", "side", "entry_price", "exit_price", "won"
                         )
@@ -699,10 +847,17 @@ def trading_chart(
                     tooltip=["side:N", "entry_ts:T", "exit_ts:T", "entry_price:Q", "exit_price:Q"],
                 )
             )
+    price = alt.layer(*layers).resolve_scale(color="independent")
+    panels = [d for d in drawn if not d.on_price]
+    if not panels:
+        return price.properties(width=width, height=height, title=title)
+    values = inline_data(data.select("ts", *dict.fromkeys(c for d in panels for c in d.drawn)))
+    x = alt.X("ts:T", title=None)
+    below = [_altair_panel(values, d, x, width, 90) for d in panels]
     return (
-        alt.layer(*layers)
-        .resolve_scale(color="independent")
-        .properties(width=width, height=height, title=title)
+        alt.vconcat(price.properties(width=width, height=height), *below)
+        .resolve_scale(x="shared", color="independent")
+        .properties(title=title)
     )
 
 
@@ -774,7 +929,7 @@ def learning_curves_chart(histories: dict[str, pl.DataFrame], *, width: int = 42
         )
     data = pl.concat(frames)
     return (
-        alt.Chart(_inline(data))
+        alt.Chart(inline_data(data))
         .mark_line(point=True)
         .encode(
             x=alt.X("epoch:Q", title="epoch"),
@@ -807,7 +962,7 @@ def reliability_chart(tables: dict[str, pl.DataFrame], *, width: int = 320) -> a
         .encode(x="x:Q", y="y:Q")
     )
     points = (
-        alt.Chart(_inline(data))
+        alt.Chart(inline_data(data))
         .mark_line(point=True)
         .encode(
             x=alt.X("confidence:Q", scale=alt.Scale(domain=[0, 1]), title="mean confidence"),
@@ -854,7 +1009,7 @@ def equity_curves_chart(
         )
     data = pl.concat(frames) if frames else pl.DataFrame({"ts": [], "growth": [], "curve": []})
     return (
-        alt.Chart(_inline(data))
+        alt.Chart(inline_data(data))
         .mark_line(strokeWidth=1.5)
         .encode(
             x=alt.X("ts:T", title=None),

@@ -21,7 +21,7 @@ import numpy as np
 import polars as pl
 
 from aiopt_lib.strategy.backtest import BacktestResult
-from aiopt_lib.viz.charts import _inline
+from aiopt_lib.viz.charts import inline_data
 
 MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 
@@ -122,7 +122,7 @@ def tearsheet(
     underwater = curve.select("ts", (pl.col("drawdown") * -100.0).alias("drawdown_pct"))
     zoom = alt.selection_interval(bind="scales", encodings=["x"])
     equity_panel = (
-        alt.Chart(_inline(_envelope(curve.select("ts", "equity"), "equity", max_points)))
+        alt.Chart(inline_data(_envelope(curve.select("ts", "equity"), "equity", max_points)))
         .mark_line(strokeWidth=1.2)
         .encode(
             x=alt.X("ts:T", title=None),
@@ -133,7 +133,7 @@ def tearsheet(
         .properties(width=width, height=220, title="Equity")
     )
     drawdown_panel = (
-        alt.Chart(_inline(_envelope(underwater, "drawdown_pct", max_points)))
+        alt.Chart(inline_data(_envelope(underwater, "drawdown_pct", max_points)))
         .mark_area(color="#d62728", opacity=0.6, line={"color": "#a50f15", "strokeWidth": 0.8})
         .encode(
             x=alt.X("ts:T", title=None, scale=alt.Scale(domain=zoom)),
@@ -144,7 +144,7 @@ def tearsheet(
     )
     months = monthly_returns(equity, initial)
     limit = float(months["return_pct"].abs().max() or 1.0)
-    heatmap = alt.Chart(_inline(months)).encode(
+    heatmap = alt.Chart(inline_data(months)).encode(
         x=alt.X("month_name:O", sort=list(MONTHS), title=None),
         y=alt.Y("year:O", title=None),
     )
@@ -163,7 +163,7 @@ def tearsheet(
     )
     histogram = trade_pnl_histogram(result.trades, bins)
     pnl_panel = (
-        alt.Chart(_inline(histogram))
+        alt.Chart(inline_data(histogram))
         .mark_bar(color="#4c78a8")
         .encode(
             x=alt.X("bin_start:Q", bin="binned", title="trade PnL (after costs)"),

@@ -30,9 +30,10 @@ import polars as pl
 
 from aiopt_lib.core.errors import AioptError, ConfigError
 from aiopt_lib.strategy.backtest import BacktestResult
+from aiopt_lib.strategy.rules import SignalContext
 from aiopt_lib.strategy.search import ParamRange, SearchTemplate
-from aiopt_lib.strategy.spec import SignalContext, StrategySpec, backtest
-from aiopt_lib.viz.charts import _inline
+from aiopt_lib.strategy.spec import StrategySpec, backtest
+from aiopt_lib.viz.charts import inline_data
 
 DEFAULT_MAX_POINTS = 5_000
 DIRECTIONS: tuple[str, ...] = ("long", "short", "both")
@@ -210,7 +211,7 @@ def backtest_chart(
         )
         .properties(width=width, height=equity_height)
     )
-    return alt.vconcat(price, equity, data=_inline(rows)).resolve_scale(x="shared")
+    return alt.vconcat(price, equity, data=inline_data(rows)).resolve_scale(x="shared")
 
 
 def chart_data_rows(chart: alt.TopLevelMixin) -> int:
