@@ -17,7 +17,7 @@ from aiopt_lib.execution.nautilus import (
     run_nautilus,
 )
 from aiopt_lib.strategy.backtest import ExecutionConfig, fill_prices
-from aiopt_lib.strategy.search import builtin_template
+from aiopt_lib.strategy.search import builtin_template, builtin_template_names
 from aiopt_lib.strategy.spec import Distance, StrategySpec, backtest, compile_signals
 
 COMPARED = ("entry_ts", "exit_ts", "side", "exit_reason")
@@ -228,14 +228,7 @@ def test_fills_at_the_signal_bars_close(sample: pl.DataFrame, mode: str) -> None
 
 @pytest.mark.parametrize(
     "template",
-    [
-        "ema_cross",
-        "bollinger_reversion",
-        "pattern_rsi",
-        "ai_gate",
-        "cci_reversion",
-        "keltner_supertrend",
-    ],
+    builtin_template_names(),
 )
 def test_bar_by_bar_mode_trades_equal_the_vectorised_engine(
     sample: pl.DataFrame, template: str

@@ -24,17 +24,11 @@ from aiopt_lib.pine.export import (
     spec_to_ir,
     spec_to_pine,
 )
-from aiopt_lib.strategy.search import builtin_template
+from aiopt_lib.strategy.search import builtin_template, builtin_template_names
 from aiopt_lib.strategy.spec import Costs, Distance, StrategySpec
 
 CORPUS = Path(__file__).parent / "data" / "pine"
-TEMPLATES = (
-    "ema_cross",
-    "bollinger_reversion",
-    "pattern_rsi",
-    "cci_reversion",
-    "keltner_supertrend",
-)
+TEMPLATES = [n for n in builtin_template_names() if n != "ai_gate"]  # ai_gate needs a model
 AI_RULES = {"ai_buy": "ta.rsi(close, 14) / 100.0", "ai_sell": "1.0 - ta.rsi(close, 14) / 100.0"}
 
 

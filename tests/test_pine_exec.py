@@ -22,18 +22,12 @@ from aiopt_lib.pine.offline import (
     tradingview_period,
     transpile_pine,
 )
-from aiopt_lib.strategy.search import builtin_template
+from aiopt_lib.strategy.search import builtin_template, builtin_template_names
 from aiopt_lib.strategy.spec import Costs, Distance, StrategySpec, backtest
 
 TICK = 1e-5
 # every rule template; the last two use the eight indicators added through the registry
-TEMPLATES = [
-    "ema_cross",
-    "bollinger_reversion",
-    "pattern_rsi",
-    "cci_reversion",
-    "keltner_supertrend",
-]
+TEMPLATES = [n for n in builtin_template_names() if n != "ai_gate"]  # ai_gate needs a model
 # costs TradingView represents exactly: no spread, commission per unit, slippage in ticks
 EXACT_COSTS = Costs(spread=0.0, commission_per_unit=0.000025, slippage_ticks=1)
 # a 0.2-pip spread: half of it is one whole tick, exported as one extra slippage tick

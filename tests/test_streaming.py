@@ -17,7 +17,7 @@ from aiopt_lib.features.patterns import PATTERNS
 from aiopt_lib.features.registry import lookup_output, output_names
 from aiopt_lib.strategy.backtest import OrderSignals
 from aiopt_lib.strategy.rules import SignalContext, evaluate
-from aiopt_lib.strategy.search import builtin_template
+from aiopt_lib.strategy.search import builtin_template, builtin_template_names
 from aiopt_lib.strategy.spec import StrategySpec, compile_signals
 from aiopt_lib.strategy.streaming import BarSignals, StreamingEvaluator, streaming_indicator
 
@@ -133,14 +133,7 @@ def synthetic_predictions(bars: pl.DataFrame, seed: int = 7) -> pl.DataFrame:
 
 @pytest.mark.parametrize(
     "template",
-    [
-        "ema_cross",
-        "bollinger_reversion",
-        "pattern_rsi",
-        "ai_gate",
-        "cci_reversion",
-        "keltner_supertrend",
-    ],
+    builtin_template_names(),
 )
 def test_builtin_templates_signals_identical(sample: pl.DataFrame, template: str) -> None:
     spec = builtin_template(template).spec

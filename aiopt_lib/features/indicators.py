@@ -112,11 +112,13 @@ import numpy as np
 from aiopt_lib.core.errors import DataError
 
 __all__ = [
+    "PINE_EPSILON",
     "atr",
     "bollinger",
     "dmi",
     "ema",
     "macd",
+    "pine_compare",
     "rma",
     "rsi",
     "sma",
@@ -127,6 +129,27 @@ __all__ = [
 # Pine compares floats with an absolute tolerance of 1e-10: `a == b` when |a - b| <= 1e-10. It
 # decides RSI's saturation (`down == 0 ? 100 : ...`) and which directional movement ta.dmi counts.
 PINE_EPSILON = 1e-10
+
+
+def pine_compare(op: str, a: Any, b: Any) -> Any:
+    """``a op b`` (``<``, ``<=``, ``>``, ``>=``, ``==``) as TradingView compares floats: within
+    :data:`PINE_EPSILON` (1e-10, absolute) is equal, so ``a < b`` is ``a - b < -1e-10`` (pynecore
+    measured it); ``body <= 0.1 * range`` holds for a one-tick body in a ten-tick range, which IEEE
+    arithmetic decides by a rounding. For floats, numpy arrays and polars expressions alike (the
+    candlestick patterns, the rule language and its bar-by-bar port use it); na compares False."""
+    difference = a - b
+    if op == "<":
+        return difference < -PINE_EPSILON
+    if op == ">":
+        return difference > PINE_EPSILON
+    if op == "<=":
+        return (a <= b) | (difference <= PINE_EPSILON)
+    if op == ">=":
+        return (a >= b) | (difference >= -PINE_EPSILON)
+    if op == "==":
+        return (a == b) | (abs(difference) <= PINE_EPSILON)
+    raise ValueError(f"not a Pine comparison: {op!r}")
+
 
 _NAN = np.nan
 

@@ -69,14 +69,14 @@ import dataclasses
 import functools
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 import polars as pl
 
 from aiopt_lib.core.bars import PRICE_COLUMNS, ensure_bars
 from aiopt_lib.core.errors import ConfigError
-from aiopt_lib.features.indicators import PINE_EPSILON, ema
+from aiopt_lib.features.indicators import ema, pine_compare
 
 __all__ = [
     "PATTERNS",
@@ -504,21 +504,6 @@ def _ema_expr(source: pl.Expr, length: int) -> pl.Expr:
         return pl.Series(series.name, values, dtype=pl.Float64).fill_nan(None)
 
     return source.map_batches(apply, return_dtype=pl.Float64)
-
-
-def pine_compare(op: CompareOp, a: Any, b: Any) -> Any:
-    """``a op b`` as TradingView compares floats: within ``PINE_EPSILON`` (1e-10, absolute) is
-    equal, so ``body <= 0.1 * range`` holds for a one-tick body in a ten-tick range, which IEEE
-    arithmetic decides by a rounding (on the 2017 sample: 5 dojis and 7 other flags). For polars
-    expressions and for floats alike (:mod:`aiopt_lib.strategy.streaming` reuses it)."""
-    difference = a - b
-    if op == "<":
-        return difference < -PINE_EPSILON
-    if op == ">":
-        return difference > PINE_EPSILON
-    if op == "<=":
-        return (a <= b) | (difference <= PINE_EPSILON)
-    return (a >= b) | (difference >= -PINE_EPSILON)
 
 
 def render_polars(node: Node, params: PatternParams) -> pl.Expr:

@@ -46,7 +46,7 @@ import polars as pl
 
 from aiopt_lib.core.bars import ensure_bars
 from aiopt_lib.core.errors import ConfigError
-from aiopt_lib.features.indicators import PINE_EPSILON
+from aiopt_lib.features.indicators import pine_compare
 from aiopt_lib.features.patterns import PATTERNS, PatternParams
 from aiopt_lib.features.registry import compute_indicator, lookup_output, output_names
 from aiopt_lib.strategy.backtest import ExecutionConfig, fill_prices
@@ -553,19 +553,9 @@ def _compare(op: str, left: np.ndarray, right: np.ndarray) -> np.ndarray:
     equal, so ``a < b`` is ``a - b < -1e-10`` (TradingView, as pynecore measured it); na
     compares False, ``!=`` included (IEEE's ``NaN != x`` is True)."""
     with np.errstate(invalid="ignore"):
-        difference = left - right
-        if op == "<":
-            return difference < -PINE_EPSILON
-        if op == ">":
-            return difference > PINE_EPSILON
-        if op == "<=":
-            return (left <= right) | (difference <= PINE_EPSILON)
-        if op == ">=":
-            return (left >= right) | (difference >= -PINE_EPSILON)
-        equal = (left == right) | (np.abs(difference) <= PINE_EPSILON)
-        if op == "==":
-            return equal
-        return ~equal & ~(np.isnan(left) | np.isnan(right))
+        if op != "!=":
+            return pine_compare(op, left, right)
+        return ~pine_compare("==", left, right) & ~(np.isnan(left) | np.isnan(right))
 
 
 def evaluate(

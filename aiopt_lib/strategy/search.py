@@ -268,14 +268,18 @@ def load_template(path: str | Path) -> SearchTemplate:
 TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "data" / "templates"
 
 
+def builtin_template_names() -> tuple[str, ...]:
+    """The names of the templates shipped in ``aiopt_lib/data/templates``, sorted."""
+    return tuple(sorted(p.stem for p in TEMPLATES_DIR.glob("*.yaml")))
+
+
 def builtin_template(name: str = "ema_cross") -> SearchTemplate:
     """One of the templates shipped in ``aiopt_lib/data/templates`` (``ema_cross``,
     ``bollinger_reversion``, ``pattern_rsi``, ``ai_gate``, ``cci_reversion``,
     ``keltner_supertrend``)."""
     path = TEMPLATES_DIR / f"{plain_name(name, 'template')}.yaml"
     if not path.exists():
-        known = sorted(p.stem for p in TEMPLATES_DIR.glob("*.yaml"))
-        raise ConfigError(f"no built-in template {name!r}; known: {known}")
+        raise ConfigError(f"no built-in template {name!r}; known: {list(builtin_template_names())}")
     return load_template(path)
 
 
@@ -1394,6 +1398,7 @@ __all__ = [
     "TrialEvaluator",
     "TrialRecord",
     "builtin_template",
+    "builtin_template_names",
     "load_template",
     "load_trials",
     "open_storage",

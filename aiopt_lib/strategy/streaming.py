@@ -47,7 +47,7 @@ import polars as pl
 from aiopt_lib.core.errors import ConfigError
 from aiopt_lib.features import patterns as pat
 from aiopt_lib.features.indicator_streams import Smoothed, StreamingIndicator
-from aiopt_lib.features.indicators import PINE_EPSILON
+from aiopt_lib.features.indicators import PINE_EPSILON, pine_compare
 from aiopt_lib.features.registry import REGISTRY, lookup_output
 from aiopt_lib.strategy.rules import (
     AiProbability,
@@ -187,7 +187,7 @@ class _PatternState:
             a, b = self._num(node.left), self._num(node.right)
             if a is None or b is None:
                 return False
-            return bool(pat.pine_compare(node.op, a, b))
+            return bool(pine_compare(node.op, a, b))
         if isinstance(node, pat.And):
             return all([self._bool(t) for t in node.terms])
         if isinstance(node, pat.Or):
