@@ -31,6 +31,7 @@ PUBLIC_MODULES = (
     "core.errors",
     "core.atomic",
     "core.bars",
+    "core.config",
     "core.instruments",
     "core.streams",
     "data.sources",

@@ -39,3 +39,25 @@ def test_failed_first_write_creates_nothing(tmp_path):
 def test_atomic_open_refuses_append(tmp_path):
     with pytest.raises(ValueError, match="write mode"), atomic_open(tmp_path / "x", "a"):
         pass
+
+
+def test_atomic_directory_replaces_a_folder_whole_or_not_at_all(tmp_path):
+    from aiopt_lib.core.atomic import atomic_directory
+
+    target = tmp_path / "catalog"
+    target.mkdir()
+    (target / "old.txt").write_text("old")
+
+    def interrupted() -> None:
+        with atomic_directory(target) as tmp:
+            (tmp / "new.txt").write_text("new")
+            raise RuntimeError("midway")
+
+    with pytest.raises(RuntimeError, match="midway"):
+        interrupted()
+    assert [p.name for p in target.iterdir()] == ["old.txt"]  # untouched
+    with atomic_directory(target) as tmp:
+        assert tmp.parent == target.parent and tmp != target
+        (tmp / "new.txt").write_text("new")
+    assert [p.name for p in target.iterdir()] == ["new.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["catalog"]  # nothing left beside it

@@ -67,8 +67,6 @@ import datetime as dt
 import math
 import os
 import re
-import shutil
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
@@ -138,7 +136,7 @@ from nautilus_trader.persistence.catalog import ParquetDataCatalog
 from nautilus_trader.test_kit.providers import TestInstrumentProvider
 from nautilus_trader.trading.strategy import Strategy
 
-from aiopt_lib.core.atomic import write_parquet_atomic
+from aiopt_lib.core.atomic import atomic_directory, write_parquet_atomic
 from aiopt_lib.core.bars import ensure_bars, infer_timeframe
 from aiopt_lib.core.errors import ConfigError
 from aiopt_lib.strategy.backtest import EXIT_REASONS, TRADES_SCHEMA, OrderSignals, fill_prices
@@ -1333,19 +1331,11 @@ def write_catalog(bars: pl.DataFrame, spec: StrategySpec, path: str | Path) -> P
     """
     data, nautilus_bars, quotes = _convert(bars, spec)
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
-    try:
+    with atomic_directory(target) as tmp:
         catalog = ParquetDataCatalog(tmp)
         catalog.write_data([data.instrument])
         catalog.write_data(nautilus_bars)
         catalog.write_data(quotes)
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return ParquetDataCatalog(target)
 
 

@@ -24,10 +24,10 @@ from pathlib import Path
 from typing import Any
 
 import polars as pl
-import yaml
 
 from aiopt_lib.core.atomic import write_bytes_atomic, write_parquet_atomic, write_text_atomic
 from aiopt_lib.core.bars import ensure_bars, infer_timeframe, timeframe_label
+from aiopt_lib.core.config import read_yaml_mapping
 from aiopt_lib.core.errors import ConfigError, DataError
 from aiopt_lib.features.causal import FeatureParams, add_features, feature_columns
 from aiopt_lib.features.labels import (
@@ -159,18 +159,7 @@ def read_dataset_bars(path: str | Path, symbol: str) -> pl.DataFrame:
 
 def load_config_file(path: str | Path | None) -> dict[str, Any]:
     """A dataset configuration from YAML (empty mapping when ``path`` is None)."""
-    if path is None:
-        return {}
-    file = Path(path)
-    if not file.is_file():
-        raise ConfigError(f"{file}: dataset configuration not found")
-    try:
-        raw = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{file}: not valid YAML: {exc}") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{file}: expected a mapping at the top level")
-    return raw
+    return {} if path is None else read_yaml_mapping(path, "dataset configuration")
 
 
 def _timeframe_text(bars: pl.DataFrame) -> str | None:

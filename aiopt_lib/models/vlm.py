@@ -69,10 +69,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 import re
 import shutil
-import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -81,6 +79,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from aiopt_lib.core.atomic import atomic_directory
 from aiopt_lib.core.errors import ConfigError, DataError
 from aiopt_lib.features.labels import CLASSES
 from aiopt_lib.models.base import (
@@ -903,10 +902,8 @@ def _save_checkpoint(
     """Write ``root/step-XXXXXXXX`` complete or not at all (built beside it, then renamed)."""
     import torch
 
-    root.mkdir(parents=True, exist_ok=True)
     target = root / f"step-{step:08d}"
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=root))
-    try:
+    with atomic_directory(target) as tmp:
         model.save_pretrained(tmp / "adapter")
         torch.save(
             {
@@ -918,12 +915,6 @@ def _save_checkpoint(
             tmp / "optimizer.pt",
         )
         (tmp / "state.json").write_text(json.dumps({"step": step, "history": history}))
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     for old in sorted(root.glob("step-*"))[:-keep] if keep > 0 else []:
         shutil.rmtree(old, ignore_errors=True)
     return target

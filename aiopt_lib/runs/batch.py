@@ -48,9 +48,9 @@ from pathlib import Path
 from typing import Any
 
 import polars as pl
-import yaml
 
 from aiopt_lib.core.atomic import write_parquet_atomic, write_text_atomic
+from aiopt_lib.core.config import read_yaml_mapping
 from aiopt_lib.core.errors import AioptError, ConfigError, plain_name
 from aiopt_lib.runs.runner import load_run_config, run_pipeline
 
@@ -164,14 +164,7 @@ def load_batch(path: str | Path) -> Batch:
     configuration (unknown notebooks and parameters a notebook does not declare are rejected with
     the batch file and the key in the message)."""
     batch_path = Path(path)
-    if not batch_path.is_file():
-        raise ConfigError(f"{batch_path}: batch file not found")
-    try:
-        raw = yaml.safe_load(batch_path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{batch_path}: not valid YAML: {exc}") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{batch_path}: expected a mapping at the top level")
+    raw = read_yaml_mapping(batch_path, "batch file")
     unknown = sorted(set(raw) - set(BATCH_KEYS))
     if unknown:
         raise ConfigError(f"{batch_path}: unknown key(s) {unknown}; expected {list(BATCH_KEYS)}")

@@ -32,6 +32,7 @@ from typing import TypeVar
 from pydantic import ValidationError
 
 from aiopt_lib import __version__
+from aiopt_lib.core.config import read_yaml_mapping
 from aiopt_lib.core.errors import AioptError, ConfigError, validation_problems
 
 # The other aiopt_lib modules are imported inside the functions below, on purpose: each pulls in
@@ -537,7 +538,6 @@ def _cmd_search(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     import polars as pl
-    import yaml
 
     from aiopt_lib.data.sources import load_bars_report
     from aiopt_lib.strategy.search import (
@@ -561,10 +561,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
     )
     settings: dict[str, object] = {}
     if args.config:
-        loaded = yaml.safe_load(Path(args.config).read_text()) or {}
-        if not isinstance(loaded, dict):
-            raise AioptError(f"{args.config}: search settings must be a mapping")
-        settings.update(loaded)
+        settings.update(read_yaml_mapping(args.config, "search settings file"))
     flags = {
         "n_trials": args.trials,
         "n_folds": args.folds,

@@ -49,6 +49,7 @@ import yaml
 
 from aiopt_lib import __version__
 from aiopt_lib.core.atomic import atomic_path, write_text_atomic
+from aiopt_lib.core.config import read_yaml_mapping
 from aiopt_lib.core.errors import AioptError, ConfigError, plain_name
 from aiopt_lib.core.streams import Streams
 from aiopt_lib.data.sources import DEFAULT_SAMPLE, sample_path
@@ -185,14 +186,7 @@ def load_run_config(
     typo cannot pass silently.
     """
     config_path = Path(path)
-    if not config_path.is_file():
-        raise ConfigError(f"{config_path}: run configuration not found")
-    try:
-        raw = yaml.safe_load(config_path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{config_path}: not valid YAML: {exc}") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{config_path}: expected a mapping at the top level")
+    raw = read_yaml_mapping(config_path, "run configuration")
     unknown = set(raw) - {"name", "notebooks_dir", "show_code", "parameters", "notebooks"}
     if unknown:
         raise ConfigError(f"{config_path}: unknown key(s) {sorted(unknown)}")

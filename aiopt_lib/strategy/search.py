@@ -49,11 +49,11 @@ import numpy as np
 import optuna
 import polars as pl
 import sqlalchemy
-import yaml
 from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 
 from aiopt_lib.core.atomic import write_parquet_atomic, write_text_atomic
 from aiopt_lib.core.bars import ensure_bars, infer_timeframe
+from aiopt_lib.core.config import read_yaml_mapping
 from aiopt_lib.core.errors import ConfigError, SearchInterrupted, plain_name
 from aiopt_lib.features.registry import lookup_output
 from aiopt_lib.features.splits import walk_forward_splits
@@ -253,15 +253,7 @@ def _constraint_value(node: Node, params: Mapping[str, float]) -> Any:
 
 def load_template(path: str | Path) -> SearchTemplate:
     """Read a search template from YAML or JSON."""
-    path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read ({exc.strerror})") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML ({exc})") from None
-    if not isinstance(data, Mapping):
-        raise ConfigError(f"{path}: a search template must be a mapping")
+    data = read_yaml_mapping(path, "search template")
     return SearchTemplate.from_mapping(data, source=str(path))
 
 
