@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import ast
+import html
 import json
 import re
 import shutil
@@ -18,7 +19,7 @@ import pytest
 from browser_check import check_page, ensure_chromium, expected_charts
 
 from aiopt_lib.core.bars import check_bars
-from aiopt_lib.strategy.ranking import load_ranking
+from aiopt_lib.strategy.ranking import load_ranking, verdict
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
@@ -124,7 +125,18 @@ def test_default_run_writes_offline_report(tmp_path):
     assert not re.search(r'<(script|link)[^>]+(src|href)="https?://', page04)
     assert "PBO (CSCV" in page04 and "DSR" in page04
     assert page04.count('class="plotly-graph-div"') == 3  # history, importances, coordinates
-    assert page04.count('class="aiopt-vega"') == 3  # walk-forward, top 5, the panel's chart
+    assert page04.count('class="aiopt-vega"') == 4  # walk-forward, lockbox, top 5, the panel
+    # the answer first, computed from the run, and the lockbox
+    document = json.loads((run_dir / "ranking.json").read_text())
+    answers = verdict(document)
+    assert document["lockbox"]["n_bars"] > 1000
+    assert {"walk_forward", "lockbox", "pbo", "dsr"} <= set(answers)
+    for sentence in answers.values():
+        assert html.escape(sentence[:30]) in page04, sentence
+    assert page04.index("The answer") < page04.index("The lockbox")
+    index = (report_dir / "index.html").read_text(encoding="utf-8")
+    assert index.index('data-answer="walk_forward"') < index.index('id="lockbox"')
+    assert "ranked on post-training data" in index and "out of sample)" not in index
     ranking = load_ranking(run_dir / "ranking.json")
     assert 1 <= len(ranking) <= 5
     assert [extra["rank"] for _, extra in ranking] == list(range(1, len(ranking) + 1))

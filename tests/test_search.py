@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import itertools
 import json
 import math
@@ -11,12 +12,13 @@ import numpy as np
 import optuna
 import polars as pl
 import pytest
+from pydantic import ValidationError
 
 from aiopt_lib.core.errors import ConfigError
 from aiopt_lib.data.sources import load_sample
 from aiopt_lib.runs.cli import main
 from aiopt_lib.strategy.backtest import backtest_metrics
-from aiopt_lib.strategy.ranking import load_ranking
+from aiopt_lib.strategy.ranking import load_ranking, verdict
 from aiopt_lib.strategy.search import (
     ParamRange,
     SearchConfig,
@@ -26,12 +28,13 @@ from aiopt_lib.strategy.search import (
     builtin_template_names,
     load_template,
     load_trials,
+    ranking_document,
     run_search,
     save_ranking,
     walk_forward_folds,
     window_metrics,
 )
-from aiopt_lib.strategy.spec import check_spec_no_lookahead
+from aiopt_lib.strategy.spec import backtest, check_spec_no_lookahead
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +47,8 @@ def template() -> SearchTemplate:
     return builtin_template("ema_cross")
 
 
-SMALL = SearchConfig(n_trials=14, n_folds=2, min_trades=3, seed=3)
+# the mechanics on all bars (the lockbox has its own tests below)
+SMALL = SearchConfig(n_trials=14, n_folds=2, min_trades=3, seed=3, holdout=0)
 
 
 @pytest.fixture(scope="module")
@@ -347,3 +351,124 @@ def test_progress_bar_counts_the_trials(bars, template, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "search aiopt" in err
     assert "8/8" in err
+
+
+# ---------------------------------------------------------------------------------------------
+# The lockbox
+
+
+def _other_future(bars: pl.DataFrame, start: int) -> pl.DataFrame:
+    """``bars`` with every bar from ``start`` on replaced by a mirrored path (a falling market
+    where the real one rose): the same history, another future."""
+    head, tail = bars.head(start), bars.slice(start)
+    pivot = float(head["close"][-1])
+    mirrored = tail.with_columns(
+        (2 * pivot - pl.col("open")).alias("open"),
+        (2 * pivot - pl.col("low")).alias("high"),
+        (2 * pivot - pl.col("high")).alias("low"),
+        (2 * pivot - pl.col("close")).alias("close"),
+    )
+    return pl.concat([head, mirrored])
+
+
+def test_the_lockbox_never_reaches_an_objective_or_the_ranker(bars, template, tmp_path):
+    """Two searches on the same history and different futures: every trial, fold pick, ranked
+    strategy and statistic is identical; only the lockbox verdict differs."""
+    data = bars.head(2500)
+    config = SearchConfig(n_trials=8, n_folds=2, min_trades=3, seed=5, holdout=0.3)
+    start = config.lockbox_start(data.height)
+    assert start == 1750
+    other = _other_future(data, start)
+    assert not other.equals(data) and other.head(start).equals(data.head(start))
+    first = run_search(data, template, config, run_dir=tmp_path / "a", progress=False)
+    second = run_search(other, template, config, run_dir=tmp_path / "b", progress=False)
+    assert first.trials.equals(second.trials)
+    assert first.folds.equals(second.folds)
+    assert first.walk_forward_equity.equals(second.walk_forward_equity)
+    assert [r.spec for r in first.top] == [r.spec for r in second.top]
+    assert [r.out_of_sample for r in first.top] == [r.out_of_sample for r in second.top]
+    assert [r.deflated_sharpe for r in first.top] == [r.deflated_sharpe for r in second.top]
+    assert first.pbo.pbo == second.pbo.pbo
+    np.testing.assert_array_equal(first.pbo.logits, second.pbo.logits)
+    assert first.walk_forward_equity["ts"].max() < data["ts"][start]
+    # the lockbox is the held-out bars, traded once by each choice
+    box = first.lockbox
+    assert box is not None and box.n_bars == 750 and box.start == data["ts"][start]
+    labels = box.strategies["label"].to_list()
+    assert labels == [f"rank {r.rank}" for r in first.top] + ["walk-forward pick"]
+    assert box.equity.columns == ["ts", "buy_and_hold", *labels]
+    assert box.buy_and_hold["total_return"] != second.lockbox.buy_and_hold["total_return"]
+    assert box.strategies["total_return"].to_list() != (
+        second.lockbox.strategies["total_return"].to_list()
+    )
+    # the lockbox figures are those of a backtest over the whole history, scored on the lockbox
+    spec = first.top[0].spec
+    expected = window_metrics(backtest(data, spec), start, data.height, dt.timedelta(hours=1))
+    assert box.strategies.row(0, named=True)["total_return"] == pytest.approx(
+        expected["total_return"], rel=1e-12
+    )
+    # ranking.json carries it, and the verdict speaks of it
+    document = ranking_document(first)
+    assert document["lockbox"]["n_bars"] == 750
+    assert verdict(document)["lockbox"].startswith(f"On the lockbox ({str(data['ts'][start])[:10]}")
+
+
+def test_holdout_settings_are_checked(bars):
+    assert SearchConfig(holdout=0).lockbox_start(1000) == 1000
+    assert SearchConfig(holdout=100).lockbox_start(1000) == 900
+    assert SearchConfig().lockbox_start(1000) == 800
+    with pytest.raises(ConfigError, match="lockbox of 10 bar"):
+        SearchConfig(holdout=10).lockbox_start(1000)
+    with pytest.raises(ConfigError, match="takes all"):
+        SearchConfig(holdout=1000).lockbox_start(1000)
+    with pytest.raises(ValidationError, match="share in"):
+        SearchConfig(holdout=0.95)
+    with pytest.raises(ValidationError, match="share in"):
+        SearchConfig(holdout=-1)
+
+
+def test_the_verdict_is_computed_from_the_figures():
+    document = {
+        "walk_forward": {
+            "start": "2017-04-01T00:00:00+00:00",
+            "end": "2017-10-19T00:00:00+00:00",
+            "metrics": {"total_return": -0.0316, "sharpe": -1.42},
+            "buy_and_hold": {"total_return": 0.1239, "sharpe": 2.22},
+        },
+        "pbo": {"pbo": 0.67},
+        "n_effective_trials": 31.4,
+        "top": [{"rank": 1, "deflated_sharpe": 0.12}],
+        "lockbox": {
+            "start": "2017-10-20T00:00:00+00:00",
+            "end": "2017-12-29T21:00:00+00:00",
+            "n_bars": 1245,
+            "buy_and_hold": {"total_return": 0.01},
+            "strategies": [
+                {"label": "rank 1", "params": {}, "metrics": {"total_return": 0.02}},
+                {"label": "rank 2", "params": {}, "metrics": {"total_return": -0.01}},
+                {"label": "walk-forward pick", "params": {}, "metrics": {"total_return": 0.005}},
+            ],
+        },
+    }
+    answers = verdict(document)
+    assert answers["walk_forward"] == (
+        "No: out of sample (2017-04-01 to 2017-10-19) the walk-forward picks returned -3.2% "
+        "(Sharpe -1.42) against buy-and-hold's +12.4% (Sharpe 2.22)."
+    )
+    assert answers["lockbox"] == (
+        "On the lockbox (2017-10-20 to 2017-12-29, 1,245 bars no study or ranking saw) 1 of 2 "
+        "ranked strategies beat buy-and-hold's +1.0%; the best returned +2.0%, the walk-forward "
+        "pick +0.5%."
+    )
+    assert answers["pbo"].startswith("PBO 0.67: in 67% of the combinatorial splits")
+    assert answers["pbo"].endswith("the ranking is mostly luck.")
+    assert (
+        "DSR 0.12 for rank 1" in answers["dsr"] and "31 effectively independent" in answers["dsr"]
+    )
+    assert "below the usual 0.95 bar" in answers["dsr"]
+    document["walk_forward"]["metrics"]["total_return"] = 0.2
+    document["pbo"]["pbo"] = 0.1
+    answers = verdict(document)
+    assert answers["walk_forward"].startswith("Yes: ")
+    assert answers["pbo"].endswith("mostly holds out of sample.")
+    assert verdict({}) == {}

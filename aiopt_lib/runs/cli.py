@@ -154,6 +154,14 @@ def _read_noting(read: Callable[[], _T], notes: list[str]) -> _T:
     return result
 
 
+def _share_or_bars(text: str) -> int | float:
+    """``0.2`` (a share) or ``1000`` (bars)."""
+    try:
+        return int(text) if text.strip().lstrip("+").isdigit() else float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a share or a number of bars: {text!r}") from None
+
+
 # search settings by their command-line option (the others come from --config files only)
 _SEARCH_OPTIONS = {
     "n_trials": "--trials",
@@ -164,6 +172,7 @@ _SEARCH_OPTIONS = {
     "seed": "--seed",
     "study_name": "--study",
     "objective": "--objective",
+    "holdout": "--holdout",
 }
 
 
@@ -308,6 +317,12 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--min-trades", type=int, help="training trades a trial needs")
     search.add_argument("--pruner", choices=["none", "median"], help="Optuna pruner (default none)")
     search.add_argument("--seed", type=int)
+    search.add_argument(
+        "--holdout",
+        type=_share_or_bars,
+        help="the lockbox: the last bars no study or ranking sees, a share (0.2, the default) "
+        "or a number of bars (0: none)",
+    )
     search.add_argument("--study", help="study name (default aiopt)")
     search.add_argument(
         "--predictions", help="Parquet file or stream folder of model predictions (AI gate)"
@@ -540,6 +555,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
     import polars as pl
 
     from aiopt_lib.data.sources import load_bars_report
+    from aiopt_lib.strategy.ranking import verdict
     from aiopt_lib.strategy.search import (
         SearchConfig,
         builtin_template,
@@ -571,6 +587,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
         "seed": args.seed,
         "study_name": args.study,
         "objective": args.objective.split(",") if args.objective else None,
+        "holdout": args.holdout,
     }
     given = {k: v for k, v in flags.items() if v is not None}
     settings.update(given)
@@ -603,19 +620,14 @@ def _cmd_search(args: argparse.Namespace) -> int:
     )
     ranking = save_ranking(result, out / "ranking.json")
     write_search_outputs(result, out)
-    wf, hold = result.walk_forward_metrics, result.buy_and_hold_metrics
-    print(
-        f"{result.n_trials} completed trials in {len(result.folds)} folds ({result.storage})\n"
-        f"walk-forward out-of-sample: return {wf['total_return']:+.2%}, Sharpe {wf['sharpe']:.2f}, "
-        f"max drawdown {wf['max_drawdown']:.2%} | buy-and-hold: return "
-        f"{hold['total_return']:+.2%}, Sharpe {hold['sharpe']:.2f}"
-    )
-    if result.pbo is not None:
-        print(f"probability of backtest overfitting (CSCV): {result.pbo.pbo:.2f}")
+    print(f"{result.n_trials} completed trials in {len(result.folds)} folds ({result.storage})")
+    for sentence in verdict(json.loads(ranking.read_text())).values():
+        print(sentence)
+    print("ranked on post-training data (the figures that chose them):")
     for entry in result.top:
         oos = entry.out_of_sample
         print(
-            f"  #{entry.rank} {json.dumps(entry.spec.params)}: out-of-sample Sharpe "
+            f"  #{entry.rank} {json.dumps(entry.spec.params)}: Sharpe "
             f"{oos['sharpe']:.2f}, return {oos['total_return']:+.2%}, trades {oos['trades']:.0f}, "
             f"DSR {entry.deflated_sharpe:.2f}"
         )

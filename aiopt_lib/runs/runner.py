@@ -53,6 +53,7 @@ from aiopt_lib.core.config import read_yaml_mapping
 from aiopt_lib.core.errors import AioptError, ConfigError, plain_name
 from aiopt_lib.core.streams import Streams
 from aiopt_lib.data.sources import DEFAULT_SAMPLE, sample_path
+from aiopt_lib.strategy.ranking import verdict
 
 __all__ = ["load_run_config", "run_pipeline"]
 
@@ -682,8 +683,9 @@ def _number(value: Any, fmt: str) -> str:
 
 
 def _ranking_section(run_dir: Path) -> str:
-    """The top-5 table and the PBO of ``run_dir/ranking.json`` (see
-    :func:`aiopt_lib.strategy.search.ranking_document`), or nothing when the run has no ranking."""
+    """The search's answer first (:func:`aiopt_lib.strategy.ranking.verdict`: walk-forward against
+    buy-and-hold, the lockbox, PBO and DSR in words), then the lockbox table and the top-5 table of
+    ``run_dir/ranking.json``, or nothing when the run has no ranking."""
     path = run_dir / "ranking.json"
     if not path.is_file():
         return ""
@@ -691,6 +693,41 @@ def _ranking_section(run_dir: Path) -> str:
         document = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as exc:
         return f"<h2>Ranking</h2><p>ranking.json could not be read: {html.escape(str(exc))}</p>"
+    answers = verdict(document)
+    answer = "".join(
+        f'<p class="answer" data-answer="{key}">{html.escape(answers[key])}</p>'
+        for key in ("walk_forward", "lockbox", "pbo", "dsr")
+        if key in answers
+    )
+    section = (
+        "<h2>Does the searched strategy beat buy-and-hold?</h2>"
+        f"{answer or '<p>No answer: the ranking file holds no walk-forward result.</p>'}"
+    )
+    lockbox = document.get("lockbox")
+    if lockbox:
+        hold = lockbox.get("buy_and_hold") or {}
+        rows = [
+            f"<tr><td>buy-and-hold</td><td></td><td>{_number(hold.get('total_return'), '.2%')}</td>"
+            f"<td>{_number(hold.get('sharpe'), '.2f')}</td>"
+            f"<td>{_number(hold.get('max_drawdown'), '.2%')}</td><td></td></tr>"
+        ]
+        for row in lockbox.get("strategies", []):
+            m = row.get("metrics") or {}
+            rows.append(
+                f"<tr><td>{html.escape(row['label'])}</td>"
+                f"<td><code>{html.escape(json.dumps(row.get('params'), sort_keys=True))}</code></td>"
+                f"<td>{_number(m.get('total_return'), '.2%')}</td>"
+                f"<td>{_number(m.get('sharpe'), '.2f')}</td>"
+                f"<td>{_number(m.get('max_drawdown'), '.2%')}</td>"
+                f"<td>{_number(m.get('trades'), '.0f')}</td></tr>"
+            )
+        section += (
+            f'<h2 id="lockbox">Lockbox: {html.escape(lockbox["start"][:10])} to '
+            f"{html.escape(lockbox['end'][:10])} ({lockbox['n_bars']:,} bars)</h2>"
+            "<p>The last bars, held out of every study and of the ranking; each choice traded once "
+            "on them.</p><table><tr><th>strategy</th><th>params</th><th>return</th><th>Sharpe</th>"
+            f"<th>max drawdown</th><th>trades</th></tr>{''.join(rows)}</table>"
+        )
     rows = []
     for row in (document.get("top") or [])[:5]:
         oos = row.get("out_of_sample") or {}
@@ -698,23 +735,22 @@ def _ranking_section(run_dir: Path) -> str:
         rows.append(
             f"<tr><td>{html.escape(str(row.get('rank', '')))}</td>"
             f"<td><code>{html.escape(json.dumps(params, sort_keys=True))}</code></td>"
+            f"<td>{html.escape(str(row.get('oos_start', ''))[:10])}</td>"
             f"<td>{_number(oos.get('sharpe'), '.2f')}</td>"
             f"<td>{_number(oos.get('total_return'), '.2%')}</td>"
             f"<td>{_number(oos.get('max_drawdown'), '.2%')}</td>"
             f"<td>{_number(oos.get('trades'), '.0f')}</td>"
             f"<td>{_number(row.get('deflated_sharpe'), '.3f')}</td></tr>"
         )
-    pbo = (document.get("pbo") or {}).get("pbo")
-    pbo_text = (
-        f"Probability of backtest overfitting (PBO): <b>{_number(pbo, '.3f')}</b>"
-        if pbo is not None
-        else "PBO: not computed"
-    )
-    return (
-        "<h2>Ranking (top 5, out of sample)</h2>"
-        "<table><tr><th>rank</th><th>params</th><th>OOS Sharpe</th><th>return</th>"
+    end = (document.get("walk_forward") or {}).get("end", "")[:10]
+    return section + (
+        "<h2>Ranking (top 5, ranked on post-training data)</h2>"
+        "<p>Each parameter set is scored on all bars after its training window, up to the "
+        f"lockbox ({html.escape(end)}), and the five best are kept: these figures chose them, so "
+        "they are not out of sample for the choice (the walk-forward and lockbox results above "
+        "are).</p>"
+        "<table><tr><th>rank</th><th>params</th><th>scored from</th><th>Sharpe</th><th>return</th>"
         f"<th>max drawdown</th><th>trades</th><th>DSR</th></tr>{''.join(rows)}</table>"
-        f"<p>{pbo_text}</p>"
     )
 
 

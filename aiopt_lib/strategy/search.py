@@ -294,7 +294,9 @@ class SearchConfig(_Frozen):
     off by default: a trial's backtest is one pass over the history, so pruning saves only the
     scoring and costs storage round trips); ``seed`` for the samplers (worker ``w`` of fold ``k`` uses ``seed + 1000 k + w``);
     ``rank_metric`` orders the final top ``top_k``; ``duplicate_tolerance`` the share of a range
-    within which two parameter sets count as the same.
+    within which two parameter sets count as the same. ``holdout``: the lockbox, the last bars
+    (a share, default 20 %, or a number of bars; 0: none) that no study and no ranking sees;
+    the top strategies and the walk-forward pick are traded on it once, after the ranking.
     """
 
     study_name: str = "aiopt"
@@ -311,6 +313,27 @@ class SearchConfig(_Frozen):
     top_k: int = 5
     duplicate_tolerance: float = 0.05
     timeout_s: float | None = None
+    holdout: int | float = 0.2
+
+    @field_validator("holdout")
+    @classmethod
+    def _holdout(cls, value: int | float) -> int | float:
+        if isinstance(value, bool) or value < 0 or (isinstance(value, float) and value >= 0.9):
+            raise ValueError(f"must be a share in [0, 0.9) or a number of bars >= 0, got {value}")
+        return value
+
+    def lockbox_start(self, n_bars: int) -> int:
+        """The first bar of the lockbox (``n_bars`` when there is none): the last ``holdout``
+        bars (a share, or a number of bars), which no study and no ranking ever sees."""
+        held = round(n_bars * self.holdout) if isinstance(self.holdout, float) else self.holdout
+        if held and held < MIN_WINDOW_BARS:
+            raise ConfigError(
+                f"holdout {self.holdout} leaves a lockbox of {held} bar(s); give 0 (none) or at "
+                f"least {MIN_WINDOW_BARS} bars"
+            )
+        if held >= n_bars:
+            raise ConfigError(f"holdout {self.holdout} takes all {n_bars:,} bars")
+        return n_bars - held
 
     @model_validator(mode="before")
     @classmethod
@@ -949,6 +972,73 @@ class RankedStrategy:
 
 
 @dataclass(frozen=True)
+class Lockbox:
+    """The last bars, held out of the whole search, and what the search's choices did on them.
+
+    ``strategies``: one row per top strategy (``label`` ``"rank 1"`` ...) and for the
+    walk-forward pick (the last fold's, what the procedure would trade next; ``"walk-forward
+    pick"``) with its params and metrics on the lockbox bars (from a full-history backtest, so
+    the indicators are warm and a position open at the start carries in, as in every
+    out-of-sample score of the search); ``buy_and_hold`` the market's metrics there; ``equity``:
+    ``ts``, ``buy_and_hold`` and one column per label, each 1.0 at the close before the lockbox."""
+
+    start: dt.datetime
+    end: dt.datetime
+    n_bars: int
+    strategies: pl.DataFrame
+    buy_and_hold: dict[str, float]
+    equity: pl.DataFrame
+
+    def table(self) -> pl.DataFrame:
+        """:attr:`strategies` and a last row for buy-and-hold (no params, no trades)."""
+        hold = {k: self.buy_and_hold.get(k) for k in _LOCKBOX_METRICS if k != "trades"}
+        row = pl.DataFrame([{"label": "buy-and-hold", "params": "", **hold}])
+        return pl.concat([self.strategies, row], how="diagonal_relaxed")
+
+
+_LOCKBOX_METRICS = ("total_return", "annual_return", "sharpe", "max_drawdown", "trades")
+
+
+def evaluate_lockbox(
+    bars: pl.DataFrame,
+    start: int,
+    template: SearchTemplate,
+    candidates: Sequence[tuple[str, Mapping[str, float]]],
+    predictions: pl.DataFrame | None = None,
+) -> Lockbox:
+    """Trade each ``(label, params)`` of ``candidates`` once on bars ``start:`` of ``bars`` (the
+    lockbox) and measure it there next to buy-and-hold (see :class:`Lockbox`)."""
+    evaluator = TrialEvaluator(bars, template, predictions)
+    ts = evaluator.bars.get_column("ts")
+    stop = evaluator.bars.height
+    close = evaluator.bars.get_column("close").to_numpy()
+    window = ts[start:stop]
+    hold = close[start:stop] / close[start - 1]
+    curves: dict[str, np.ndarray] = {"buy_and_hold": hold}
+    rows = []
+    for label, params in candidates:
+        result = evaluator.backtest(params)
+        equity = result.equity.get_column("equity").to_numpy()
+        curves[label] = equity[start:stop] / equity[start - 1]
+        metrics = window_metrics(result, start, stop, evaluator.timeframe)
+        rows.append(
+            {
+                "label": label,
+                "params": json.dumps(dict(params), sort_keys=True),
+                **{k: float(metrics[k]) for k in _LOCKBOX_METRICS},
+            }
+        )
+    return Lockbox(
+        start=window[0],
+        end=window[-1],
+        n_bars=stop - start,
+        strategies=pl.DataFrame(rows),
+        buy_and_hold=_curve_metrics(window, hold, evaluator.timeframe),
+        equity=pl.DataFrame({"ts": window, **curves}),
+    )
+
+
+@dataclass(frozen=True)
 class SearchResult:
     """What :func:`run_search` found.
 
@@ -957,7 +1047,7 @@ class SearchResult:
     buy-and-hold (``ts``, ``fold``, ``equity``, ``buy_and_hold``); ``walk_forward_metrics`` its
     metrics; ``trials``: every completed trial; ``ranking``: the top strategies with their DSR and the
     search's Probability of Backtest Overfitting (also as ``top`` and ``pbo``); ``storage``: the
-    storage URL.
+    storage URL; ``lockbox``: the held-out bars' verdict (None with ``holdout=0``).
     """
 
     folds: pl.DataFrame
@@ -970,6 +1060,7 @@ class SearchResult:
     storage: str
     config: SearchConfig
     template: SearchTemplate
+    lockbox: Lockbox | None = None
 
     @property
     def top(self) -> tuple[RankedStrategy, ...]:
@@ -1161,7 +1252,9 @@ def run_search(
     the same storage continues each fold's study up to ``config.n_trials``.
     """
     config = config or SearchConfig()
-    bars = ensure_bars(bars)
+    all_bars = ensure_bars(bars)
+    start = config.lockbox_start(all_bars.height)
+    bars = all_bars.head(start)  # the studies, the folds and the ranking never see the lockbox
     if storage is None:
         if run_dir is None:
             raise ConfigError("give run_dir (for the default SQLite storage) or storage")
@@ -1238,6 +1331,16 @@ def run_search(
         storage=storage,
         config=config,
         template=template,
+        lockbox=None
+        if start == all_bars.height
+        else evaluate_lockbox(
+            all_bars,
+            start,
+            template,
+            [(f"rank {r.rank}", r.spec.params) for r in ranking.top]
+            + [("walk-forward pick", picks[-1].params)],
+            predictions,
+        ),
     )
 
 
@@ -1278,6 +1381,24 @@ def ranking_document(result: SearchResult) -> dict[str, Any]:
         "top": [
             {"rank": r.rank, "spec": r.spec.model_dump(mode="json"), **_entry_fields(r)}
             for r in result.top
+        ],
+        "lockbox": None if result.lockbox is None else _lockbox_document(result.lockbox),
+    }
+
+
+def _lockbox_document(lockbox: Lockbox) -> dict[str, Any]:
+    return {
+        "start": lockbox.start.isoformat(),
+        "end": lockbox.end.isoformat(),
+        "n_bars": lockbox.n_bars,
+        "buy_and_hold": {k: _finite_or_none(v) for k, v in lockbox.buy_and_hold.items()},
+        "strategies": [
+            {
+                "label": row["label"],
+                "params": json.loads(row["params"]),
+                "metrics": {k: _finite_or_none(row[k]) for k in _LOCKBOX_METRICS},
+            }
+            for row in lockbox.strategies.iter_rows(named=True)
         ],
     }
 
@@ -1381,6 +1502,7 @@ def ranking_table(
 
 __all__ = [
     "Fold",
+    "Lockbox",
     "ParamRange",
     "RankedStrategy",
     "Ranking",
@@ -1391,6 +1513,7 @@ __all__ = [
     "TrialRecord",
     "builtin_template",
     "builtin_template_names",
+    "evaluate_lockbox",
     "load_template",
     "load_trials",
     "open_storage",
