@@ -442,3 +442,26 @@ def test_predictions_frame_symbol_argument_and_errors() -> None:
     naive = pl.DataFrame({"ts": [dt.datetime(2019, 1, 4)], "symbol": ["EURUSD"]})
     with pytest.raises(ValueError, match="naive"):
         predictions_frame(naive, np.array([[0.2, 0.3, 0.5]]), "m", "1")
+
+
+def test_the_model_verdict_is_computed_from_the_table():
+    from aiopt_lib.models.evaluation import model_verdict, probability_spread
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, 600)
+    sharp = np.full((600, 3), 0.1)
+    sharp[np.arange(600), y] = 0.8  # knows the label
+    flat = np.full((600, 3), 1 / 3) + rng.normal(0, 0.002, (600, 3))
+    flat /= flat.sum(axis=1, keepdims=True)
+    majority = np.tile(np.bincount(y, minlength=3) / 600, (600, 1))
+    table = evaluation_table({"net": (y, sharp), "flat": (y, flat), "majority": (y, majority)})
+    answer = model_verdict(table, "net", sharp)
+    assert answer.startswith("Yes: on the test period net (sent on to the strategy notebooks)")
+    assert "the best is net" in answer and "near-uniform" not in answer
+    answer = model_verdict(table, "flat", flat)
+    assert answer.startswith("No: ")
+    assert "near-uniform (the most likely class has 0.33" in answer
+    low, high = probability_spread(flat)
+    assert high - low < 0.05 and probability_spread(sharp) == (0.8, 0.8)
+    with pytest.raises(ValueError, match="lacks"):
+        model_verdict(table, "vlm", flat)

@@ -114,6 +114,8 @@ def test_default_run_writes_offline_report(tmp_path):
     ):
         assert name in page03
     assert page03.count('class="aiopt-vega"') == 2  # learning curves, reliability
+    # the answer, computed from the run, about the model sent on to 04/05
+    assert re.search(r"(Yes|No): on the test period compact \(chart \+ indicators\) \(sent on", page03)
     predictions = pl.read_parquet(
         sorted((run_dir / "streams" / "predictions").glob("part-*.parquet"))
     )

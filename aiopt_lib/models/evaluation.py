@@ -39,8 +39,10 @@ __all__ = [
     "TemperatureScaler",
     "classification_metrics",
     "evaluation_table",
+    "model_verdict",
     "pattern_recognition_report",
     "predictions_frame",
+    "probability_spread",
 ]
 
 PROBABILITY_FLOOR = 1e-15
@@ -518,3 +520,54 @@ def predictions_frame(
         pl.lit(dt.datetime.now(dt.UTC)).cast(TS_DTYPE).alias("written_at"),
     )
     return frame.select(list(PREDICTIONS_SCHEMA))
+
+
+def probability_spread(proba: np.ndarray) -> tuple[float, float]:
+    """The 5th and 95th percentiles of each row's largest probability: how far a model's
+    confidence moves over the rows (a near-uniform three-class model stays around 0.33)."""
+    top = np.asarray(proba, dtype=np.float64).max(axis=1)
+    low, high = np.quantile(top, [0.05, 0.95]) if top.size else (np.nan, np.nan)
+    return float(low), float(high)
+
+
+def model_verdict(
+    table: pl.DataFrame,
+    sent_on: str,
+    calibrated: np.ndarray,
+    *,
+    baseline: str = "majority",
+    min_spread: float = 0.05,
+) -> str:
+    """The answer of a model comparison in words, computed from ``table``
+    (:func:`evaluation_table`): whether the model ``sent_on`` to the strategy notebooks beats the
+    ``baseline``'s log-loss on the test period (calibrated when the table has it), which model is
+    best, and a warning when ``calibrated`` (its test probabilities) are near-uniform: a
+    most-likely class probability within ``min_spread`` of chance (1/3) on 95% of the rows gives
+    an AI gate nothing to act on."""
+    column = "log_loss_calibrated" if "log_loss_calibrated" in table.columns else "log_loss"
+    losses = {
+        row["model"]: row[column] if row[column] is not None else row["log_loss"]
+        for row in table.iter_rows(named=True)
+    }
+    if sent_on not in losses or baseline not in losses:
+        raise ValueError(f"the table lacks {sent_on!r} or {baseline!r}")
+    ours, base = losses[sent_on], losses[baseline]
+    best = min(losses, key=lambda name: losses[name])
+    beaten = [name for name, loss in losses.items() if name != baseline and loss < base]
+    sentence = (
+        f"{'Yes' if ours < base else 'No'}: on the test period {sent_on} (sent on to the strategy "
+        f"notebooks) has a log-loss of {ours:.4f} against {base:.4f} for the {baseline} baseline; "
+        + (
+            f"{len(beaten)} of {len(losses) - 1} models beat the baseline, the best is {best} "
+            f"({losses[best]:.4f})."
+            if beaten
+            else f"no model beats the {baseline} baseline."
+        )
+    )
+    low, high = probability_spread(calibrated)
+    if high - 1.0 / N_CLASSES < min_spread:
+        sentence += (
+            f" Its calibrated probabilities are near-uniform (the most likely class has {low:.3f} to"
+            f" {high:.3f} on 90% of the test bars): an AI gate on them will rarely or never fire."
+        )
+    return sentence
