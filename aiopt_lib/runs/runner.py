@@ -815,12 +815,12 @@ def _write_index(
 <p>Configuration <b>{html.escape(config.name)}</b> ({html.escape(str(config.source_file or ""))}),
 aiopt {__version__}, Python {platform.python_version()}.</p>
 {data_line}
+{_ranking_section(run_dir)}
 <h2>Run summary</h2>
 <p>CPU time and peak memory are the notebook kernel's process tree; a skipped stage was unchanged
 and shows the figures of the run that computed it.</p>
 <table><tr><th>notebook</th><th>status</th><th>duration</th><th>CPU time</th><th>peak memory</th>
 <th>GPU memory</th><th>started (UTC)</th><th>ended (UTC)</th></tr>{"".join(rows)}</table>
-{_ranking_section(run_dir)}
 {strategy_section}
 <h2>Parameters</h2><table>{params}</table>
 <h2>Package versions</h2><table>{versions}</table>
