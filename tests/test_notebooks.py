@@ -123,6 +123,7 @@ def test_default_run_writes_offline_report(tmp_path):
     assert (run_dir / "models" / "compact" / "model.json").is_file()
     # notebook 04: walk-forward search, top 5 with DSR/PBO, optuna plots, the panel, the ranking
     page04 = (report_dir / "04_optuna_search.html").read_text(encoding="utf-8")
+    assert "<title>04 · Strategy search</title>" in page04
     assert "Traceback" not in page04
     assert not re.search(r'<(script|link)[^>]+(src|href)="https?://', page04)
     assert "PBO (CSCV" in page04 and "DSR" in page04

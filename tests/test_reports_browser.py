@@ -98,6 +98,7 @@ def test_report_with_charts_and_images_renders_without_errors(tmp_path, chromium
         [price, png_bundle(images[0]), balance, plotly, png_bundle(images[1])],
     )
     page = notebook_to_html(notebook, tmp_path / "report.html")
+    assert "<title>Browser check</title>" in page.read_text(encoding="utf-8")  # not "Notebook"
 
     shot = tmp_path / "report_with_charts.png"
     check = check_page(page, screenshot=shot, timeout=90)

@@ -269,11 +269,22 @@ def notebook_to_html(notebook: str | Path, out: str | Path, *, show_code: bool =
     exporter.exclude_input = not show_code
     exporter.exclude_input_prompt = not show_code
     exporter.exclude_output_prompt = True
-    body, _resources = exporter.from_notebook_node(nb)
+    resources = {"metadata": {"name": _notebook_title(nb, Path(notebook).stem)}}
+    body, _resources = exporter.from_notebook_node(nb, resources=resources)
     body = _strip_external_scripts(body)
     with atomic_path(out) as tmp:
         tmp.write_text(body, encoding="utf-8")
     return Path(out)
+
+
+def _notebook_title(nb: Any, fallback: str) -> str:
+    """The page title: the notebook's first Markdown heading (``04 · Strategy search``)."""
+    for cell in nb.cells:
+        if cell.cell_type == "markdown":
+            for line in cell.source.splitlines():
+                if line.startswith("# "):
+                    return line[2:].strip()
+    return fallback
 
 
 def _strip_external_scripts(page: str) -> str:
