@@ -60,6 +60,7 @@ PUBLIC_MODULES = (
     "strategy.ranking",
     "strategy.search",
     "strategy.overfitting",
+    "strategy.performance",
     "execution.nautilus",
     "pine.export",
     "pine.offline",

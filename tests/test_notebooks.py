@@ -115,7 +115,9 @@ def test_default_run_writes_offline_report(tmp_path):
         assert name in page03
     assert page03.count('class="aiopt-vega"') == 2  # learning curves, reliability
     # the answer, computed from the run, about the model sent on to 04/05
-    assert re.search(r"(Yes|No): on the test period compact \(chart \+ indicators\) \(sent on", page03)
+    assert re.search(
+        r"(Yes|No): on the test period compact \(chart \+ indicators\) \(sent on", page03
+    )
     predictions = pl.read_parquet(
         sorted((run_dir / "streams" / "predictions").glob("part-*.parquet"))
     )
@@ -157,6 +159,7 @@ def test_default_run_writes_offline_report(tmp_path):
         r"AI gate through the PredictionActor: [1-9]\d* trades, identical to our engine", page05
     )
     assert page05.count('class="aiopt-vega"') == 1  # the tearsheet
+    assert "max drawdown duration" in page05 and "SQN" in page05  # the statistics table
     assert page05.count("trades equal") == len(ranking) + 1  # every Pine file trades the same
     assert "first difference at trade" not in page05
     # the index lists the Pine files, copied into the report folder, with their parity status
