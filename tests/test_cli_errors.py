@@ -178,7 +178,9 @@ def test_a_corrupt_optuna_db_in_the_out_folder(tmp_path, capsys) -> None:
     [
         (["--trials", "0"], "--trials: must be 1 or more, got 0"),
         (["--objective", "foo"], "--objective: unknown metric 'foo'"),
-        (["--folds", "5000"], "--folds 5000 on 6,225 bars leaves windows of 1 bar(s)"),
+        (["--folds", "5000"], "--folds 5000 on 4,980 bars leaves windows of 0 bar(s)"),
+        (["--folds", "5000"], "the last 1,245 of the 6,225 bars are the lockbox"),
+        (["--folds", "5000", "--holdout", "0"], "--folds 5000 on 6,225 bars leaves windows of 1 bar"),
     ],
 )
 def test_bad_search_settings(tmp_path, capsys, extra, named) -> None:
@@ -190,7 +192,8 @@ def test_bad_search_settings(tmp_path, capsys, extra, named) -> None:
 def test_the_folds_message_says_how_many_fit(tmp_path, capsys) -> None:
     line = one_line_error(capsys, _search(tmp_path / "out", "--folds", "5000"))
     most = int(line.split("at most ")[1].split()[0])
-    assert 6225 // (most + 1) >= MIN_WINDOW_BARS > 6225 // (most + 2)
+    searched = 6225 - 1245  # less the lockbox
+    assert searched // (most + 1) >= MIN_WINDOW_BARS > searched // (most + 2)
 
 
 def test_a_range_allowing_a_negative_stop_is_refused_on_load(tmp_path, capsys) -> None:

@@ -1255,6 +1255,14 @@ def run_search(
     all_bars = ensure_bars(bars)
     start = config.lockbox_start(all_bars.height)
     bars = all_bars.head(start)  # the studies, the folds and the ranking never see the lockbox
+    if start < all_bars.height:
+        try:
+            walk_forward_folds(bars, config)
+        except ConfigError as exc:
+            raise ConfigError(
+                f"{exc} (the last {all_bars.height - start:,} of the {all_bars.height:,} bars are "
+                "the lockbox, which the search does not see: holdout, --holdout)"
+            ) from None
     if storage is None:
         if run_dir is None:
             raise ConfigError("give run_dir (for the default SQLite storage) or storage")
