@@ -81,7 +81,7 @@ _EXPECTED = {
         "plotly_charts_rendered": 0,
         "images_min": 0,
     },
-    "04_optuna_search": {"vega_charts_rendered": 3, "plotly_charts_rendered": 3, "images_min": 0},
+    "04_optuna_search": {"vega_charts_rendered": 4, "plotly_charts_rendered": 3, "images_min": 0},
     "05_backtest": {"vega_charts_rendered": 1, "plotly_charts_rendered": 0, "images_min": 0},
 }
 
