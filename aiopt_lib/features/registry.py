@@ -150,7 +150,7 @@ class IndicatorDef:
     column_args: Mapping[str, Callable[[tuple[Any, ...]], tuple[Any, ...]]] = field(
         default_factory=dict, compare=False
     )
-    cost: float = 1.0
+    cost: float = 1.0  # ms per million bars on one core: compute_frame runs the costliest first
     description: str = ""
 
     @property
@@ -716,7 +716,7 @@ register(
         pine=_one("ta.sma({source}, {length})", "sma"),
         warmup=lambda length: (length - 1,),
         overlay=frozenset({"sma"}),
-        cost=1.2,
+        cost=5.4,
         description="simple moving average, TradingView's rolling sum to the bit",
     )
 )
@@ -734,6 +734,7 @@ register(
         pine=_one("ta.ema({source}, {length})", "ema"),
         warmup=lambda length: (length - 1,),
         overlay=frozenset({"ema"}),
+        cost=1.2,
         description="exponential moving average seeded with the SMA of its first values",
     )
 )
@@ -752,7 +753,7 @@ register(
         warmup=lambda length: (length,),
         levels=(30.0, 70.0),
         bounds=_OSCILLATOR,
-        cost=1.5,
+        cost=1.6,
         description="relative strength index (Wilder's averages)",
     )
 )
@@ -768,6 +769,7 @@ register(
         stream=st.AtrStream,
         pine=_one("ta.atr({length})", "atr"),
         warmup=lambda length: (length - 1,),
+        cost=2.4,
         description="average true range (Wilder's average, the first true range high - low)",
     )
 )
@@ -798,7 +800,7 @@ register(
         ),
         levels=(0.0,),
         histogram=frozenset({"macd_hist"}),
-        cost=2.0,
+        cost=1.5,
         description="MACD line, signal line and histogram",
     )
 )
@@ -822,7 +824,7 @@ register(
         ),
         warmup=lambda length, mult: (length - 1,) * 5,
         overlay=frozenset({"bb_basis", "bb_upper", "bb_lower"}),
-        cost=2.5,
+        cost=9.7,
         description="Bollinger Bands (population deviation), %B and width in percent",
     )
 )
@@ -847,7 +849,7 @@ register(
         warmup=lambda k, s, d: (k + s - 2, k + s + d - 3),
         levels=(20.0, 80.0),
         bounds=_OSCILLATOR,
-        cost=2.0,
+        cost=8.1,
         description="Stochastic %K smoothed and %D, as TradingView's Stochastic indicator",
     )
 )
@@ -869,7 +871,7 @@ register(
             "minus_di": lambda a: a[:1],
             "adx": lambda a: a[:1] if a[0] == a[1] else a,
         },
-        cost=3.0,
+        cost=5.0,
         description="+DI, -DI and ADX, with Pine's tie tolerance",
     )
 )
@@ -887,7 +889,7 @@ register(
         pine=_one("ta.cci({source}, {length})", "cci"),
         warmup=lambda length: (length - 1,),
         levels=(-100.0, 100.0),
-        cost=2.0,
+        cost=12.6,
         description="commodity channel index of the typical price (TradingView's CCI indicator)",
     )
 )
@@ -905,7 +907,7 @@ register(
         warmup=lambda length: (length - 1,),
         levels=(-80.0, -20.0),
         bounds=(-100.0, 0.0),
-        cost=0.5,
+        cost=1.9,
         description="Williams %R: where the close lies in the range of the last bars, -100..0",
     )
 )
@@ -923,7 +925,7 @@ register(
         pine=_one("ta.mom({source}, {length})", "mom"),
         warmup=lambda length: (length,),
         levels=(0.0,),
-        cost=0.1,
+        cost=0.2,
         description="momentum: the change over the last bars",
     )
 )
@@ -941,7 +943,7 @@ register(
         pine=_one("ta.roc({source}, {length})", "roc"),
         warmup=lambda length: (length,),
         levels=(0.0,),
-        cost=0.2,
+        cost=0.4,
         description="rate of change in percent",
     )
 )
@@ -957,7 +959,7 @@ register(
         stream=st.ObvStream,
         pine=_one("ta.obv", "obv"),
         warmup=lambda: (1,),
-        cost=0.5,
+        cost=1.1,
         description="on-balance volume (from bar 1; TA-Lib adds the first bar's volume)",
     )
 )
@@ -976,7 +978,7 @@ register(
         warmup=lambda length: (length - 1,),
         levels=(20.0, 80.0),
         bounds=_OSCILLATOR,
-        cost=1.5,
+        cost=9.5,
         description="money flow index of the typical price",
     )
 )
@@ -994,7 +996,7 @@ register(
         pine=(PineStep(("kc_basis", "kc_upper", "kc_lower"), "ta.kc({source}, {length}, {mult})"),),
         warmup=lambda length, mult: (length - 1, length, length),
         overlay=frozenset({"kc_basis", "kc_upper", "kc_lower"}),
-        cost=1.2,
+        cost=7.3,
         description="Keltner Channels: EMA of the source, bands an EMA of the true range apart",
     )
 )
@@ -1013,7 +1015,7 @@ register(
         warmup=lambda factor, atr_length: (0 if atr_length <= 2 else atr_length - 1, 0),
         overlay=frozenset({"supertrend"}),
         levels=(0.0,),
-        cost=1.0,
+        cost=5.4,
         description="Supertrend line and direction (-1 up, 1 down, as Pine)",
     )
 )
