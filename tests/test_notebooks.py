@@ -160,6 +160,7 @@ def test_default_run_writes_offline_report(tmp_path):
     )
     assert page05.count('class="aiopt-vega"') == 1  # the tearsheet
     assert "max drawdown duration" in page05 and "SQN" in page05  # the statistics table
+    assert "average_bars_held" in page05  # the trades by exit reason and side
     assert page05.count("trades equal") == len(ranking) + 1  # every Pine file trades the same
     assert "first difference at trade" not in page05
     # the index lists the Pine files, copied into the report folder, with their parity status

@@ -102,3 +102,27 @@ def test_formatting():
     assert format_value(0.1234, "share") == "12.34%"
     assert format_value(1234.5, "money") == "1,234.50"
     assert format_value(T0, "date") == "2024-01-08 00:00"
+
+
+def test_trade_summary_by_exit_reason_and_side():
+    from aiopt_lib.strategy.performance import trade_summary
+
+    trades = pl.DataFrame(
+        {
+            "side": ["long", "short", "long", "long"],
+            "exit_reason": ["stop", "take", "take", "stop"],
+            "pnl": [-5.0, 12.0, 8.0, -3.0],
+            "return": [-0.005, 0.012, 0.008, -0.003],
+            "bars_held": [2, 6, 4, 1],
+        }
+    )
+    by_reason = trade_summary(trades)
+    assert by_reason["exit_reason"].to_list() == ["take", "stop", "all"]
+    take, stop, total = by_reason.rows(named=True)
+    assert take["trades"] == 2 and take["win_rate"] == 1.0 and take["total_pnl"] == 20.0
+    assert stop["average_pnl"] == -4.0 and stop["average_bars_held"] == 1.5
+    assert total["trades"] == 4 and total["total_pnl"] == 12.0 and total["win_rate"] == 0.5
+    both = trade_summary(trades, ["side", "exit_reason"])
+    assert both.height == 4 and both.row(-1, named=True)["side"] == "all"
+    with pytest.raises(ValueError, match="lack"):
+        trade_summary(trades, "entry_bar")

@@ -4,7 +4,8 @@ equity curve and trades.
 
 :func:`performance_table` gives one row per figure with its ``unit`` (``date``, ``days``,
 ``share`` — a fraction, shown as a percentage —, ``ratio``, ``count``, ``money``, ``hours``),
-so a report formats each row once. Conventions are :func:`~aiopt_lib.strategy.backtest.backtest_metrics`'s
+so a report formats each row once; :func:`trade_summary` groups the trades by exit reason and
+side. Conventions are :func:`~aiopt_lib.strategy.backtest.backtest_metrics`'s
 (per-bar returns, the FX year of 252 days × 24 h); a trade's return is its PnL over its entry
 notional; SQN is Van Tharp's ``sqrt(n) × mean(R) / std(R)`` of the trades' returns; the drawdown
 duration is the longest stretch (in calendar days) below a running equity peak.
@@ -20,7 +21,7 @@ import polars as pl
 
 from aiopt_lib.strategy.backtest import YEAR, BacktestResult, metrics_from_arrays
 
-__all__ = ["PERFORMANCE_FIGURES", "format_value", "performance_table"]
+__all__ = ["PERFORMANCE_FIGURES", "format_value", "performance_table", "trade_summary"]
 
 PERFORMANCE_FIGURES: tuple[tuple[str, str], ...] = (
     ("start", "date"),
@@ -193,3 +194,29 @@ def format_value(value: object, unit: str) -> str:
     if unit == "count":
         return f"{number:.0f}"
     return f"{number:,.2f}"
+
+
+def trade_summary(trades: pl.DataFrame, by: str | list[str] = "exit_reason") -> pl.DataFrame:
+    """The trades grouped ``by`` one or more columns (``exit_reason``, ``side``): ``trades``,
+    ``win_rate``, ``total_pnl``, ``average_pnl``, ``average_return``, ``average_bars_held``, best
+    group first (by total PnL), and a last ``all`` row over every trade."""
+    keys = [by] if isinstance(by, str) else list(by)
+    missing = [k for k in keys if k not in trades.columns]
+    if missing:
+        raise ValueError(f"trades lack column(s) {missing}")
+    figures = [
+        pl.len().alias("trades"),
+        (pl.col("pnl") > 0).mean().alias("win_rate"),
+        pl.col("pnl").sum().alias("total_pnl"),
+        pl.col("pnl").mean().alias("average_pnl"),
+        pl.col("return").mean().alias("average_return"),
+        pl.col("bars_held").mean().alias("average_bars_held"),
+    ]
+    groups = (
+        trades.with_columns(pl.col(k).cast(pl.String) for k in keys)
+        .group_by(keys)
+        .agg(figures)
+        .sort(["total_pnl", *keys], descending=[True, *[False] * len(keys)])
+    )
+    total = trades.select(*(pl.lit("all").alias(k) for k in keys), *figures)
+    return pl.concat([groups, total.cast(groups.schema)])
