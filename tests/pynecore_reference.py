@@ -105,3 +105,56 @@ def run_pine_reference(
         with np.load(entry["out"]) as saved:
             result[entry["name"]] = {key: saved[key] for key in saved.files}
     return result
+
+
+# ---------------------------------------------------------------------------------------------
+# Comparing with the reference
+
+TOL = 1e-9  # the agreement asked of every comparison, relative to the series' scale
+
+
+def first_defined(values: np.ndarray) -> int:
+    defined = np.flatnonzero(~np.isnan(values))
+    return int(defined[0]) if defined.size else len(values)
+
+
+def assert_within(ours: np.ndarray, ref: np.ndarray, *, where=None, tol: float = TOL) -> None:
+    """Equal NaN pattern and |ours - ref| <= tol * scale on every bar, where scale is the largest
+    |ref| of the series (1 at least): 1e-9 absolute for prices, 1e-7 for an oscillator in 0..100."""
+    ours = np.asarray(ours, dtype=float)
+    ref = np.where(np.isfinite(ref), ref, np.nan)  # Pine's na() is true for inf as well
+    if where is not None:
+        ours, ref = ours[where], ref[where]
+    mismatch = np.flatnonzero(np.isnan(ours) != np.isnan(ref))
+    assert mismatch.size == 0, (
+        f"na differs at bars {mismatch[:10]}: {ours[mismatch[:5]]} vs {ref[mismatch[:5]]}"
+    )
+    scale = max(1.0, float(np.nanmax(np.abs(ref)))) if np.isfinite(ref).any() else 1.0
+    error = np.abs(ours - ref)
+    worst = int(np.nanargmax(error)) if np.isfinite(error).any() else 0
+    assert np.nanmax(error, initial=0.0) <= tol * scale, (
+        f"max |diff| {np.nanmax(error)} at bar {worst}: {ours[worst]} vs {ref[worst]}"
+    )
+
+
+def reference_grid(
+    datasets: Mapping[str, pl.DataFrame],
+    runs: list[tuple[str, str]],
+    script: str,
+    param_sets: Mapping[str, object],
+    work_dir: Path,
+) -> dict[tuple[str, str], dict[str, np.ndarray]]:
+    """The reference's plots for each (data set, parameter set) of ``runs``: ``script`` is a
+    :meth:`str.format` template over the parameter set's fields (a dataclass), one pynecore run
+    for all of them (:func:`run_pine_reference`)."""
+    import dataclasses
+
+    jobs = {
+        f"{data_name}_{params_name}": (
+            datasets[data_name],
+            script.format(**dataclasses.asdict(param_sets[params_name])),
+        )
+        for data_name, params_name in runs
+    }
+    result = run_pine_reference(jobs, work_dir)
+    return {run: result[f"{run[0]}_{run[1]}"] for run in runs}

@@ -180,7 +180,10 @@ def test_a_corrupt_optuna_db_in_the_out_folder(tmp_path, capsys) -> None:
         (["--objective", "foo"], "--objective: unknown metric 'foo'"),
         (["--folds", "5000"], "--folds 5000 on 4,980 bars leaves windows of 0 bar(s)"),
         (["--folds", "5000"], "the last 1,245 of the 6,225 bars are the lockbox"),
-        (["--folds", "5000", "--holdout", "0"], "--folds 5000 on 6,225 bars leaves windows of 1 bar"),
+        (
+            ["--folds", "5000", "--holdout", "0"],
+            "--folds 5000 on 6,225 bars leaves windows of 1 bar",
+        ),
     ],
 )
 def test_bad_search_settings(tmp_path, capsys, extra, named) -> None:

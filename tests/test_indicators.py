@@ -12,7 +12,7 @@ import numpy as np
 import polars as pl
 import pytest
 import talib
-from pynecore_reference import run_pine_reference
+from pynecore_reference import assert_within, first_defined, reference_grid
 
 import aiopt_lib.features.indicators as ind
 import aiopt_lib.features.registry as reg
@@ -20,8 +20,6 @@ from aiopt_lib.core.bars import TS_DTYPE
 from aiopt_lib.core.errors import DataError
 from aiopt_lib.data.sources import load_sample
 from aiopt_lib.features.lookahead import check_no_lookahead
-
-TOL = 1e-9  # the agreement asked of every comparison, relative to the series' scale
 
 DEFAULT_COLUMNS = [
     "rsi_14",
@@ -155,30 +153,6 @@ def walk() -> dict[str, np.ndarray]:
     }
 
 
-def first_defined(values: np.ndarray) -> int:
-    defined = np.flatnonzero(~np.isnan(values))
-    return int(defined[0]) if defined.size else len(values)
-
-
-def assert_within(ours: np.ndarray, ref: np.ndarray, *, where=None, tol: float = TOL) -> None:
-    """Equal NaN pattern and |ours - ref| <= tol * scale on every bar, where scale is the largest
-    |ref| of the series (1 at least): 1e-9 absolute for prices, 1e-7 for an oscillator in 0..100."""
-    ours = np.asarray(ours, dtype=float)
-    ref = np.where(np.isfinite(ref), ref, np.nan)  # Pine's na() is true for inf as well
-    if where is not None:
-        ours, ref = ours[where], ref[where]
-    mismatch = np.flatnonzero(np.isnan(ours) != np.isnan(ref))
-    assert mismatch.size == 0, (
-        f"na differs at bars {mismatch[:10]}: {ours[mismatch[:5]]} vs {ref[mismatch[:5]]}"
-    )
-    scale = max(1.0, float(np.nanmax(np.abs(ref)))) if np.isfinite(ref).any() else 1.0
-    error = np.abs(ours - ref)
-    worst = int(np.nanargmax(error)) if np.isfinite(error).any() else 0
-    assert np.nanmax(error, initial=0.0) <= tol * scale, (
-        f"max |diff| {np.nanmax(error)} at bar {worst}: {ours[worst]} vs {ref[worst]}"
-    )
-
-
 # ---------------------------------------------------------------------------------------------
 # TradingView reference: pynecore runs Pine's built-ins bar by bar (tests/pynecore_reference.py).
 
@@ -221,15 +195,9 @@ def tradingview(sample, tmp_path_factory) -> dict[tuple[str, str], dict[str, np.
     edge-case bars with the default and short ones."""
     datasets = {"sample": sample, "edge": edge_bars()}
     runs = [("sample", name) for name in PARAM_SETS] + [("edge", "default"), ("edge", "short")]
-    jobs = {
-        f"{data_name}_{params_name}": (
-            datasets[data_name],
-            PINE_SCRIPT.format(**dataclasses.asdict(PARAM_SETS[params_name])),
-        )
-        for data_name, params_name in runs
-    }
-    result = run_pine_reference(jobs, tmp_path_factory.mktemp("pynecore"))
-    return {run: result[f"{run[0]}_{run[1]}"] for run in runs}
+    return reference_grid(
+        datasets, runs, PINE_SCRIPT, PARAM_SETS, tmp_path_factory.mktemp("pynecore")
+    )
 
 
 # ---------------------------------------------------------------------------------------------

@@ -13,15 +13,13 @@ import numpy as np
 import polars as pl
 import pytest
 import talib
-from pynecore_reference import run_pine_reference
+from pynecore_reference import assert_within, first_defined, reference_grid
 
 import aiopt_lib.features.indicator_streams as st
 import aiopt_lib.features.indicators_more as more
 from aiopt_lib.core.bars import TS_DTYPE
 from aiopt_lib.core.errors import DataError
 from aiopt_lib.data.sources import load_sample
-
-TOL = 1e-9  # the agreement asked of every comparison, relative to the series' scale
 
 # outputs that are Pine's arithmetic operation for operation: identical to pynecore's to the bit
 EXACT = ("cci", "wpr", "mom", "roc", "obv", "mfi", "supertrend_direction")
@@ -201,30 +199,6 @@ def streamed(bars: dict[str, np.ndarray], p: Params) -> dict[str, np.ndarray]:
     return result
 
 
-def first_defined(values: np.ndarray) -> int:
-    defined = np.flatnonzero(~np.isnan(values))
-    return int(defined[0]) if defined.size else len(values)
-
-
-def assert_within(ours: np.ndarray, ref: np.ndarray, *, where=None, tol: float = TOL) -> None:
-    """Equal NaN pattern and |ours - ref| <= tol * scale on every bar, where scale is the largest
-    |ref| of the series (1 at least)."""
-    ours = np.asarray(ours, dtype=float)
-    ref = np.where(np.isfinite(ref), ref, np.nan)  # Pine's na() is true for inf as well
-    if where is not None:
-        ours, ref = ours[where], ref[where]
-    mismatch = np.flatnonzero(np.isnan(ours) != np.isnan(ref))
-    assert mismatch.size == 0, (
-        f"na differs at bars {mismatch[:10]}: {ours[mismatch[:5]]} vs {ref[mismatch[:5]]}"
-    )
-    scale = max(1.0, float(np.nanmax(np.abs(ref)))) if np.isfinite(ref).any() else 1.0
-    error = np.abs(ours - ref)
-    worst = int(np.nanargmax(error)) if np.isfinite(error).any() else 0
-    assert np.nanmax(error, initial=0.0) <= tol * scale, (
-        f"max |diff| {np.nanmax(error)} at bar {worst}: {ours[worst]} vs {ref[worst]}"
-    )
-
-
 def expected_first(name: str, p: Params) -> int:
     """The first defined bar of each output (module docstring)."""
     return {
@@ -257,15 +231,9 @@ def tradingview(sample, tmp_path_factory) -> dict[tuple[str, str], dict[str, np.
         ("edge", "short"),
         ("edge", "one"),
     ]
-    jobs = {
-        f"{data_name}_{params_name}": (
-            datasets[data_name],
-            PINE_SCRIPT.format(**dataclasses.asdict(PARAM_SETS[params_name])),
-        )
-        for data_name, params_name in runs
-    }
-    result = run_pine_reference(jobs, tmp_path_factory.mktemp("pynecore_more"))
-    return {run: result[f"{run[0]}_{run[1]}"] for run in runs}
+    return reference_grid(
+        datasets, runs, PINE_SCRIPT, PARAM_SETS, tmp_path_factory.mktemp("pynecore_more")
+    )
 
 
 # ---------------------------------------------------------------------------------------------
