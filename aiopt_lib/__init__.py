@@ -66,6 +66,8 @@ PUBLIC_MODULES = (
     "pine.offline",
     "pine.distill",
     "viz.widgets",
+    "viz.tables",
+    "viz.report",
     "runs.parity",
 )
 

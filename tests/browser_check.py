@@ -15,7 +15,10 @@ What is counted (after the load event, once the chart counts stop changing):
 - ``plotly_charts`` / ``plotly_charts_rendered``: ``.plotly-graph-div`` divs and those holding
   plotly's ``svg.main-svg``;
 - ``images`` / ``images_broken``: ``img`` elements that decoded (natural width > 0) and those that
-  did not (e.g. a corrupt ``data:`` URI).
+  did not (e.g. a corrupt ``data:`` URI);
+- ``answers``: the answer blocks (``.aiopt-answer``, :func:`aiopt_lib.viz.report.answer`);
+- ``shape_rows``: polars ``shape: (`` lines in the visible text (a raw frame; always a problem);
+- ``lockbox_mentions``: how often the visible text names the lockbox.
 
 Typical use (the expected counts of the five pipeline reports come from :func:`expected_charts`)::
 
@@ -60,6 +63,9 @@ _COUNT_SCRIPT = """(() => {
     images: imgs.filter(i => i.complete && i.naturalWidth > 0).length,
     images_broken: imgs.filter(i => i.complete && i.naturalWidth === 0).length,
     images_pending: imgs.filter(i => !i.complete).length,
+    answers: document.querySelectorAll('.aiopt-answer').length,
+    shape_rows: (document.body.innerText.match(/shape: \(/g) || []).length,
+    lockbox_mentions: (document.body.innerText.match(/lockbox/gi) || []).length,
     title: document.title,
   });
 })()"""
@@ -74,15 +80,35 @@ _EXPECTED = {
         "vega_charts_rendered": 4,
         "plotly_charts_rendered": 0,
         "images_min": 2,
+        "answers_min": 1,
     },
-    "02_chart_rendering": {"vega_charts_rendered": 0, "plotly_charts_rendered": 0, "images_min": 3},
+    "02_chart_rendering": {
+        "vega_charts_rendered": 0,
+        "plotly_charts_rendered": 0,
+        "images_min": 3,
+        "answers_min": 1,
+    },
     "03_multimodal_finetune": {
         "vega_charts_rendered": 2,
         "plotly_charts_rendered": 0,
         "images_min": 0,
+        "answers_min": 1,
     },
-    "04_optuna_search": {"vega_charts_rendered": 4, "plotly_charts_rendered": 3, "images_min": 0},
-    "05_backtest": {"vega_charts_rendered": 1, "plotly_charts_rendered": 0, "images_min": 0},
+    "04_optuna_search": {
+        "vega_charts_rendered": 5,
+        "plotly_charts_rendered": 9,
+        "images_min": 0,
+        "answers_min": 1,
+        "lockbox_mentions_min": 2,
+    },
+    "05_backtest": {
+        "vega_charts_rendered": 1,
+        "plotly_charts_rendered": 0,
+        "images_min": 0,
+        "answers_min": 1,
+        "lockbox_mentions_min": 1,
+    },
+    "index": {"answers_min": 1, "lockbox_mentions_min": 2},
 }
 
 
@@ -122,6 +148,8 @@ class PageCheck:
             missing = counts.get(kind, 0) - counts.get(f"{kind}_rendered", 0)
             if missing:
                 found.append(f"{missing} of {counts.get(kind, 0)} {kind} did not render")
+        if counts.get("shape_rows", 0):
+            found.append(f"{counts['shape_rows']} raw polars frame(s) ('shape: (' in the text)")
         if counts.get("images_broken", 0):
             found.append(f"{counts['images_broken']} image(s) failed to decode")
         for key, want in (expected or {}).items():

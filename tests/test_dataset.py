@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import polars as pl
 import pytest
 
@@ -15,6 +16,8 @@ from aiopt_lib.features.dataset import (
     SCHEMA_VERSION,
     DatasetConfig,
     build_dataset,
+    class_mean_contrast,
+    dataset_verdict,
     indicator_and_pattern_frame,
     make_samples,
     read_dataset_bars,
@@ -177,3 +180,26 @@ def test_dataset_cli_config_error(tmp_path, capsys):
     )
     assert code == EXIT_ERROR
     assert "window" in capsys.readouterr().err
+
+
+def test_dataset_verdict_names_the_counts_and_the_rarest_class() -> None:
+    balance = pl.DataFrame(
+        {
+            "part": ["train"] * 3 + ["test"] * 3,
+            "class": ["BUY", "SELL", "HOLD"] * 2,
+            "count": [450, 470, 80, 40, 50, 10],
+            "share": [0.45, 0.47, 0.08, 0.4, 0.5, 0.1],
+        }
+    )
+    sentence = dataset_verdict(balance, window=64, width=224, height=224)
+    assert sentence.startswith("1,100 labelled samples, each a 224×224 chart of the 64 bars")
+    assert "BUY 45%, SELL 47%, HOLD 8%" in sentence and "never says HOLD" in sentence
+
+
+def test_class_mean_contrast_measures_the_widest_pixel_difference() -> None:
+    base = np.full((4, 4, 3), 200, np.uint8)
+    apart = base.copy()
+    apart[0, 0] = 100
+    assert "at most 100 of 255" in class_mean_contrast({"BUY": base, "SELL": apart})
+    assert "look almost alike" in class_mean_contrast({"BUY": base, "SELL": base + 3})
+    assert "Fewer than two" in class_mean_contrast({"BUY": base})

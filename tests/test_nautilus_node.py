@@ -59,7 +59,7 @@ def test_full_run_reports_match_the_trades(full, bars, spec) -> None:
     # two fills per trade (entry and exit), each charged 0.000025 * 100,000 = 2.50 USD
     filled = full.fills.filter(pl.col("status") == "FILLED")
     assert filled.height == 2 * trades.height
-    assert filled["commissions"].unique().to_list() == ["['2.50 USD']"]
+    assert filled["commissions"].unique().to_list() == ["2.50 USD"]
     # the account's last balance is the starting balance plus every trade's pnl
     final = full.account.sort("index")["total"][-1]
     assert final == pytest.approx(spec.initial_capital + trades["pnl"].sum(), abs=0.01)

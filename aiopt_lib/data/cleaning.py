@@ -326,7 +326,8 @@ class ValidationReport:
         counts.update({action: int(by_action.get(action, 0)) for action in ACTIONS})
         return counts
 
-    def _headline(self) -> str:
+    def headline(self) -> str:
+        """One line: source, rows in and out, dropped/inserted, timeframe, clean or problems."""
         name = self.source or "<frame>"
         parts = [f"{name}: {self.n_input} rows in, {self.n_output} out"]
         if self.n_dropped:
@@ -344,7 +345,7 @@ class ValidationReport:
 
         ``more`` says where the items left out can be seen (a command-line tool names its option).
         """
-        lines = [self._headline()]
+        lines = [self.headline()]
         counts = self.summary()
         by_kind = ", ".join(f"{k} {counts[k]}" for k in KINDS if counts[k])
         lines.append(f"  found: {by_kind or 'nothing'}")
@@ -404,13 +405,15 @@ class ValidationReport:
             .agg(pl.len().alias("items"))
             .sort(["kind", "severity", "action"])
         )
-        parts = [f"<p><b>{html.escape(self._headline())}</b></p>"]
+        parts = [f"<p><b>{html.escape(self.headline())}</b></p>"]
         if table.height:
-            parts.append(table._repr_html_())
-            parts.append(
-                f"<p>First {min(20, self.issues.height)} of {self.issues.height} item(s):</p>"
-            )
-            parts.append(self.issues.head(20)._repr_html_())
+            # a report shows the tables, not polars' shape line and dtype row
+            with pl.Config(tbl_hide_dataframe_shape=True, tbl_hide_column_data_types=True):
+                parts.append(table._repr_html_())
+                parts.append(
+                    f"<p>First {min(20, self.issues.height)} of {self.issues.height} item(s):</p>"
+                )
+                parts.append(self.issues.head(20)._repr_html_())
         else:
             parts.append("<p>No issues.</p>")
         return "\n".join(parts)

@@ -5,8 +5,9 @@ from __future__ import annotations
 import polars as pl
 
 from aiopt_lib.core.bars import ensure_bars, infer_timeframe, timeframe_label
+from aiopt_lib.data.cleaning import ACTIONS, ValidationReport, classify_gaps
 
-__all__ = ["describe_bars", "hour_of_week_profile"]
+__all__ = ["data_verdict", "describe_bars", "hour_of_week_profile"]
 
 DAY_NAMES = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
 
@@ -87,3 +88,38 @@ def hour_of_week_profile(bars: pl.DataFrame, *, symbol: str | None = "EURUSD") -
             (pl.col("hour_of_week") % 24).alias("hour"),
         )
     )
+
+
+def data_verdict(report: ValidationReport, bars: pl.DataFrame) -> str:
+    """Notebook 01's answer in one sentence, from the validation ``report`` and the cleaned
+    ``bars``: whether the data is fit for research (no warnings or errors left, no unexpected
+    gap), with the bar count and period, the repairs the cleaning made and the gaps by kind."""
+    ensure_bars(bars)
+    if bars.is_empty():
+        return "No: no bars were kept."
+    timeframe = infer_timeframe(bars)
+    gaps = classify_gaps(bars, timeframe) if timeframe else None
+    unexpected = 0 if gaps is None else int((gaps.get_column("kind") == "unexpected").sum())
+    expected = 0 if gaps is None else (gaps.height - unexpected)
+    counts = report.summary()
+    changes = [f"{counts[a]} {a}" for a in ACTIONS if a not in ("kept", "flagged") and counts[a]]
+    flagged = counts.get("flagged", 0)
+    problems = report.problems.height
+    fit = problems == 0 and unexpected == 0
+    label = f" ({timeframe_label(timeframe)})" if timeframe else ""
+    period = (
+        f"{bars.height:,} bars{label} from {bars['ts'][0]:%Y-%m-%d} to {bars['ts'][-1]:%Y-%m-%d}"
+    )
+    repaired = (
+        f"the cleaning changed rows ({', '.join(changes)})"
+        if changes
+        else "the cleaning changed no row"
+    )
+    if flagged:
+        repaired += f" and flagged {flagged}"
+    gap_text = f"{expected} gap(s) are expected weekend or holiday closures" + (
+        f" and {unexpected} are not" if unexpected else ""
+    )
+    head = "Yes" if fit else "With care"
+    why = "" if fit else f" ({problems} warning(s) or error(s) remain, see the report below)"
+    return f"{head}: {period}; {repaired}; {gap_text}{why}."

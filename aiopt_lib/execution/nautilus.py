@@ -1042,6 +1042,11 @@ class NautilusRun:
 _AMOUNT = re.compile(r"^-?\d+(\.\d+)?( [A-Z]{3,5})?$")
 
 
+# a list of texts as Python prints it: "['2.50 USD']", "[]"
+_TEXT_LIST = re.compile(r"^\[(?:'[^']*'(?:, '[^']*')*)?\]$")
+_TEXT_LIST_ITEM = re.compile(r"'([^']*)'")
+
+
 def _report_frame(report: Any) -> pl.DataFrame:
     """A Nautilus report (pandas) as a polars frame: value types to floats, objects to text."""
     frame = report.reset_index()
@@ -1060,6 +1065,21 @@ def _report_frame(report: Any) -> pl.DataFrame:
             # quantities and money as Nautilus prints them: "100000", "331.00 USD"
             amounts = [None if v is None else float(v.split()[0]) for v in items]
             columns[str(name)] = pl.Series(str(name), amounts, dtype=pl.Float64)
+        elif present and all(
+            isinstance(v, list | tuple) or (isinstance(v, str) and _TEXT_LIST.match(v))
+            for v in present
+        ):
+            # a fill's commissions, ["2.50 USD"] or its text "['2.50 USD']": the items joined,
+            # not a Python list's repr
+            joined = [
+                None
+                if v is None
+                else ", ".join(str(x) for x in v)
+                if isinstance(v, list | tuple)
+                else ", ".join(_TEXT_LIST_ITEM.findall(v))
+                for v in items
+            ]
+            columns[str(name)] = pl.Series(str(name), joined, dtype=pl.String)
         else:
             columns[str(name)] = pl.Series(
                 str(name), [None if v is None else str(v) for v in items], dtype=pl.String

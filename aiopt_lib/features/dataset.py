@@ -23,6 +23,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import polars as pl
 
 from aiopt_lib.core.atomic import write_bytes_atomic, write_parquet_atomic, write_text_atomic
@@ -42,7 +43,14 @@ from aiopt_lib.features.registry import add_indicators
 from aiopt_lib.features.render import RenderSpec, render_windows, with_overlays
 from aiopt_lib.features.splits import purged_split
 
-__all__ = ["DatasetConfig", "build_dataset", "read_samples", "render_dataset_images"]
+__all__ = [
+    "DatasetConfig",
+    "build_dataset",
+    "class_mean_contrast",
+    "dataset_verdict",
+    "read_samples",
+    "render_dataset_images",
+]
 
 SCHEMA_VERSION = 1
 MANIFEST = "dataset.json"
@@ -550,4 +558,47 @@ def read_images(dataset: str | Path) -> pl.DataFrame:
             "sample_id": [f.stem for f in files],
             "image": pl.Series([f.read_bytes() for f in files], dtype=pl.Binary),
         }
+    )
+
+
+def dataset_verdict(balance: pl.DataFrame, *, window: int, width: int, height: int) -> str:
+    """Notebook 02's answer: what a model sees, from the class ``balance`` of the split
+    (:func:`~aiopt_lib.features.labels.class_balance` with ``split``): how many samples, each a
+    ``width`` × ``height`` chart of the ``window`` bars up to its own bar, and the training classes'
+    shares, naming the rarest class a model could learn to ignore."""
+    train = balance.filter(pl.col("part") == "train") if "part" in balance.columns else balance
+    total = int(balance.get_column("count").sum())
+    shares = {str(c): float(s) for c, s in zip(train["class"], train["share"], strict=True)}
+    rarest = min(shares, key=lambda c: shares[c])
+    mix = ", ".join(f"{c} {s:.0%}" for c, s in shares.items())
+    return (
+        f"{total:,} labelled samples, each a {width}×{height} chart of the {window} bars up to "
+        f"its own bar (no later one); the training labels are {mix}, so a model that never says "
+        f"{rarest} loses little on accuracy: judge the models on log-loss and per-class recall."
+    )
+
+
+def class_mean_contrast(means: Mapping[str, np.ndarray]) -> str:
+    """One sentence on how different the classes' mean images are: the largest per-pixel
+    difference between any two class means, and the mean absolute one, in grey levels of 255."""
+    if len(means) < 2:
+        return "Fewer than two classes: nothing to compare."
+    names = list(means)
+    pairs = [(a, b) for i, a in enumerate(names) for b in names[i + 1 :]]
+    gaps = {
+        (a, b): np.abs(
+            means[a].astype(np.float64).mean(axis=-1) - means[b].astype(np.float64).mean(axis=-1)
+        )
+        for a, b in pairs
+    }
+    (a, b), widest = max(gaps.items(), key=lambda item: float(item[1].max()))
+    average = float(np.mean([g.mean() for g in gaps.values()]))
+    return (
+        f"The class means differ by at most {float(widest.max()):.0f} of 255 grey levels "
+        f"({a} vs {b}) and by {average:.1f} on average per pixel: "
+        + (
+            "the classes look almost alike on average, any signal is in the details."
+            if widest.max() < 16
+            else "there is a visible average difference between the classes."
+        )
     )

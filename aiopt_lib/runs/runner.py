@@ -45,6 +45,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
+import polars as pl
 import yaml
 
 from aiopt_lib import __version__
@@ -53,7 +54,9 @@ from aiopt_lib.core.config import read_yaml_mapping
 from aiopt_lib.core.errors import AioptError, ConfigError, plain_name
 from aiopt_lib.core.streams import Streams
 from aiopt_lib.data.sources import DEFAULT_SAMPLE, sample_path
+from aiopt_lib.strategy.performance import format_value
 from aiopt_lib.strategy.ranking import verdict
+from aiopt_lib.viz.tables import table
 
 __all__ = ["load_run_config", "run_pipeline"]
 
@@ -706,7 +709,7 @@ def _ranking_section(run_dir: Path) -> str:
         return f"<h2>Ranking</h2><p>ranking.json could not be read: {html.escape(str(exc))}</p>"
     answers = verdict(document)
     answer = "".join(
-        f'<p class="answer" data-answer="{key}">{html.escape(answers[key])}</p>'
+        f'<p class="answer aiopt-answer" data-answer="{key}">{html.escape(answers[key])}</p>'
         for key in ("walk_forward", "lockbox", "pbo", "dsr")
         if key in answers
     )
@@ -714,55 +717,139 @@ def _ranking_section(run_dir: Path) -> str:
         "<h2>Does the searched strategy beat buy-and-hold?</h2>"
         f"{answer or '<p>No answer: the ranking file holds no walk-forward result.</p>'}"
     )
+    walk_forward = document.get("walk_forward") or {}
+    if walk_forward.get("metrics"):
+        section += _html_table(
+            _statistics_frame(walk_forward["metrics"], walk_forward.get("buy_and_hold") or {}),
+            title="Walk-forward out of sample: statistics",
+            subtitle=f"{walk_forward.get('start', '')[:10]} to {walk_forward.get('end', '')[:10]}, "
+            "the folds' picks stitched, each traded only on its test window",
+        )
     lockbox = document.get("lockbox")
     if lockbox:
         hold = lockbox.get("buy_and_hold") or {}
-        rows = [
-            f"<tr><td>buy-and-hold</td><td></td><td>{_number(hold.get('total_return'), '.2%')}</td>"
-            f"<td>{_number(hold.get('sharpe'), '.2f')}</td>"
-            f"<td>{_number(hold.get('max_drawdown'), '.2%')}</td><td></td></tr>"
+        rows = [{"strategy": "buy-and-hold", "params": "", **_lockbox_figures(hold)}]
+        rows += [
+            {
+                "strategy": row["label"],
+                "params": _params_text(row.get("params")),
+                **_lockbox_figures(row.get("metrics") or {}),
+            }
+            for row in lockbox.get("strategies", [])
         ]
-        for row in lockbox.get("strategies", []):
-            m = row.get("metrics") or {}
-            rows.append(
-                f"<tr><td>{html.escape(row['label'])}</td>"
-                f"<td><code>{html.escape(json.dumps(row.get('params'), sort_keys=True))}</code></td>"
-                f"<td>{_number(m.get('total_return'), '.2%')}</td>"
-                f"<td>{_number(m.get('sharpe'), '.2f')}</td>"
-                f"<td>{_number(m.get('max_drawdown'), '.2%')}</td>"
-                f"<td>{_number(m.get('trades'), '.0f')}</td></tr>"
-            )
         section += (
             f'<h2 id="lockbox">Lockbox: {html.escape(lockbox["start"][:10])} to '
             f"{html.escape(lockbox['end'][:10])} ({lockbox['n_bars']:,} bars)</h2>"
             "<p>The last bars, held out of every study and of the ranking; each choice traded once "
-            "on them.</p><table><tr><th>strategy</th><th>params</th><th>return</th><th>Sharpe</th>"
-            f"<th>max drawdown</th><th>trades</th></tr>{''.join(rows)}</table>"
+            "on them.</p>"
+            + _html_table(
+                pl.DataFrame(rows, schema=_LOCKBOX_SCHEMA),
+                percent=["return", "max drawdown"],
+                decimals={"Sharpe": 2},
+            )
         )
     rows = []
     for row in (document.get("top") or [])[:5]:
         oos = row.get("out_of_sample") or {}
-        params = (row.get("spec") or {}).get("params") or {}
         rows.append(
-            f"<tr><td>{html.escape(str(row.get('rank', '')))}</td>"
-            f"<td><code>{html.escape(json.dumps(params, sort_keys=True))}</code></td>"
-            f"<td>{html.escape(str(row.get('oos_start', ''))[:10])}</td>"
-            f"<td>{_number(oos.get('sharpe'), '.2f')}</td>"
-            f"<td>{_number(oos.get('total_return'), '.2%')}</td>"
-            f"<td>{_number(oos.get('max_drawdown'), '.2%')}</td>"
-            f"<td>{_number(oos.get('trades'), '.0f')}</td>"
-            f"<td>{_number(row.get('deflated_sharpe'), '.3f')}</td></tr>"
+            {
+                "rank": row.get("rank"),
+                "params": _params_text((row.get("spec") or {}).get("params")),
+                "scored from": str(row.get("oos_start", ""))[:10],
+                "Sharpe": _float(oos.get("sharpe")),
+                "return": _float(oos.get("total_return")),
+                "max drawdown": _float(oos.get("max_drawdown")),
+                "trades": _float(oos.get("trades")),
+                "DSR": _float(row.get("deflated_sharpe")),
+            }
         )
-    end = (document.get("walk_forward") or {}).get("end", "")[:10]
+    end = walk_forward.get("end", "")[:10]
+    top = (
+        _html_table(
+            pl.DataFrame(rows, schema=_TOP_SCHEMA).with_columns(pl.col("trades").cast(pl.Int64)),
+            percent=["return", "max drawdown"],
+            decimals={"Sharpe": 2, "DSR": 3},
+        )
+        if rows
+        else "<p>No ranked strategy.</p>"
+    )
     return section + (
         "<h2>Ranking (top 5, ranked on post-training data)</h2>"
         "<p>Each parameter set is scored on all bars after its training window, up to the "
         f"lockbox ({html.escape(end)}), and the five best are kept: these figures chose them, so "
         "they are not out of sample for the choice (the walk-forward and lockbox results above "
-        "are).</p>"
-        "<table><tr><th>rank</th><th>params</th><th>scored from</th><th>Sharpe</th><th>return</th>"
-        f"<th>max drawdown</th><th>trades</th><th>DSR</th></tr>{''.join(rows)}</table>"
+        "are).</p>" + top
     )
+
+
+# index tables: the columns and their types (a column of nulls must still be numeric)
+_LOCKBOX_SCHEMA = {
+    "strategy": pl.String,
+    "params": pl.String,
+    "return": pl.Float64,
+    "Sharpe": pl.Float64,
+    "max drawdown": pl.Float64,
+    "trades": pl.Int64,
+}
+_TOP_SCHEMA = {
+    "rank": pl.Int64,
+    "params": pl.String,
+    "scored from": pl.String,
+    "Sharpe": pl.Float64,
+    "return": pl.Float64,
+    "max drawdown": pl.Float64,
+    "trades": pl.Float64,
+    "DSR": pl.Float64,
+}
+# the walk-forward statistics of the index: (metric key, label, unit of performance.format_value)
+_WALK_FORWARD_STATISTICS = (
+    ("total_return", "total return", "share"),
+    ("annual_return", "annual return", "share"),
+    ("sharpe", "Sharpe ratio", "ratio"),
+    ("sortino", "Sortino ratio", "ratio"),
+    ("calmar", "Calmar ratio", "ratio"),
+    ("max_drawdown", "max drawdown", "share"),
+)
+
+
+def _params_text(params: Mapping[str, Any] | None) -> str:
+    """``fast=11, slow=16``: a parameter set as a reader scans it."""
+    return ", ".join(f"{k}={v}" for k, v in sorted((params or {}).items()))
+
+
+def _float(value: Any) -> float | None:
+    return float(value) if isinstance(value, int | float) else None
+
+
+def _lockbox_figures(metrics: Mapping[str, Any]) -> dict[str, Any]:
+    trades = metrics.get("trades")
+    return {
+        "return": _float(metrics.get("total_return")),
+        "Sharpe": _float(metrics.get("sharpe")),
+        "max drawdown": _float(metrics.get("max_drawdown")),
+        "trades": int(trades) if isinstance(trades, int | float) else None,
+    }
+
+
+def _statistics_frame(ours: Mapping[str, Any], hold: Mapping[str, Any]) -> pl.DataFrame:
+    """Strategy next to buy-and-hold, one row per statistic, formatted as the tearsheet's
+    :func:`~aiopt_lib.strategy.performance.performance_table` formats them."""
+    return pl.DataFrame(
+        [
+            {
+                "statistic": label,
+                "walk-forward picks": format_value(_float(ours.get(key)), unit),
+                "buy-and-hold": format_value(_float(hold.get(key)), unit),
+            }
+            for key, label, unit in _WALK_FORWARD_STATISTICS
+        ],
+        schema={"statistic": pl.String, "walk-forward picks": pl.String, "buy-and-hold": pl.String},
+    )
+
+
+def _html_table(frame: pl.DataFrame, **options: Any) -> str:
+    """A report table in the one style of every page (:func:`aiopt_lib.viz.tables.table`)."""
+    return table(frame, **options).as_raw_html()
 
 
 def _write_index(

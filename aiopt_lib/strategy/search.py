@@ -1508,6 +1508,55 @@ def ranking_table(
     return pl.DataFrame(rows, schema=_RANKING_COLUMNS)
 
 
+def _distance_text(distance: Any) -> str:
+    if distance is None:
+        return "none"
+    unit = {"pips": "pips", "percent": "% of the close", "atr": "× ATR"}[distance.unit]
+    if distance.unit == "atr":
+        return f"{distance.value} {unit}({distance.atr_length})"
+    return f"{distance.value} {unit}"
+
+
+def template_table(template: SearchTemplate) -> pl.DataFrame:
+    """A template at a glance (``item``, ``value``), for a report instead of its YAML: the rules,
+    exits, size, costs and fill, then one row per parameter with its default and the range the
+    search tries, and the constraints."""
+    spec = template.spec
+    costs = spec.costs
+    spread = "from the data" if costs.spread == "data" else f"{costs.spread} pips"
+    rows = [
+        ("strategy", f"{spec.name}: {spec.description}" if spec.description else spec.name),
+        ("market", f"{spec.instrument} {spec.timeframe or ''}".strip()),
+        ("long entry", spec.long_entry or "–"),
+        ("long exit", spec.long_exit or "–"),
+        ("short entry", spec.short_entry or "–"),
+        ("short exit", spec.short_exit or "–"),
+        ("direction", spec.direction),
+        ("stop-loss", _distance_text(spec.stop_loss)),
+        ("take-profit", _distance_text(spec.take_profit)),
+        ("trailing stop", _distance_text(spec.trailing_stop)),
+        ("size", f"{spec.quantity:,.0f} units of {spec.initial_capital:,.0f} capital"),
+        (
+            "costs",
+            f"spread {spread}, commission {costs.commission_percent}% + "
+            f"{costs.commission_per_unit} per unit, slippage {costs.slippage_ticks} tick(s)",
+        ),
+        ("fill", spec.fill.replace("_", " ")),
+    ]
+    for name, r in template.space.items():
+        tried = (
+            ", ".join(str(c) for c in r.choices)
+            if r.choices
+            else f"{r.low} to {r.high}"
+            + (f" step {r.step}" if r.step else "")
+            + (" (log)" if r.log else "")
+        )
+        rows.append((f"param {name}", f"{spec.params.get(name)} (searched: {tried})"))
+    if template.constraints:
+        rows.append(("constraints", "; ".join(template.constraints)))
+    return pl.DataFrame(rows, schema={"item": pl.String, "value": pl.String}, orient="row")
+
+
 __all__ = [
     "Fold",
     "Lockbox",
@@ -1531,6 +1580,7 @@ __all__ = [
     "ranking_table",
     "run_search",
     "save_ranking",
+    "template_table",
     "walk_forward_folds",
     "window_metrics",
     "write_search_outputs",
