@@ -51,7 +51,7 @@ from aiopt_lib.core.errors import ConfigError, DataError
 CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 
 # Counts of the elements a page shows, evaluated in the page after it loaded.
-_COUNT_SCRIPT = """(() => {
+_COUNT_SCRIPT = r"""(() => {
   const vega = Array.from(document.querySelectorAll('.aiopt-vega'));
   const plotly = Array.from(document.querySelectorAll('.plotly-graph-div'));
   const imgs = Array.from(document.images);
