@@ -90,6 +90,8 @@ def test_default_run_writes_offline_report(tmp_path):
     assert page.count("data:image/png;base64") >= 2  # candle charts, plain and with patterns
     assert "pat_bullish_engulfing" in page and "stoch_k_14_3_3" in page
     assert "expected_weekend" in page
+    # the answer, computed from the run: the sample is clean, every gap an expected closure
+    assert "Yes: 6,225 bars (1h) from 2017-01-01 to 2017-12-29" in page
     assert "Traceback" not in page
     bars = pl.read_parquet(run_dir / "bars.parquet")
     assert check_bars(bars) == []
@@ -130,6 +132,7 @@ def test_default_run_writes_offline_report(tmp_path):
     assert "Traceback" not in page04
     assert not re.search(r'<(script|link)[^>]+(src|href)="https?://', page04)
     assert "PBO (CSCV" in page04 and "DSR" in page04
+    assert "param fast" in page04 and "schema_version: 1" not in page04  # a table, not YAML
     assert page04.count('class="plotly-graph-div"') == 3  # history, importances, coordinates
     assert page04.count('class="aiopt-vega"') == 4  # walk-forward, lockbox, top 5, the panel
     # the answer first, computed from the run, and the lockbox
@@ -162,6 +165,9 @@ def test_default_run_writes_offline_report(tmp_path):
     assert page05.count('class="aiopt-vega"') == 1  # the tearsheet
     assert "max drawdown duration" in page05 and "SQN" in page05  # the statistics table
     assert "average_bars_held" in page05  # the trades by exit reason and side
+    # the sortable out-of-sample trade list (itables, its bundle inlined: no network)
+    assert re.search(r"The \d+ out-of-sample trades", page05) and "itables" in page05
+    assert "['2.50 USD']" not in page05 and not re.search(r"\d\d:\d\d:\d\d\.000001", page05)
     assert page05.count("trades equal") == len(ranking) + 1  # every Pine file trades the same
     assert "first difference at trade" not in page05
     # the index lists the Pine files, copied into the report folder, with their parity status
@@ -172,15 +178,18 @@ def test_default_run_writes_offline_report(tmp_path):
     parity = json.loads((run_dir / "strategies" / "parity.json").read_text())
     assert {row["file"] for row in parity} == set(published)
     assert all(row["parity"] in index for row in parity)
-    # every report in a real browser: no console errors, every chart rendered
-    if ensure_chromium(timeout=300) is not None:
-        for name in (*(step for step in NOTEBOOK_NAMES), "index"):
-            page = report_dir / f"{name}.html"
-            shot = tmp_path / "screenshots" / f"{name}.png"
-            check = check_page(page, screenshot=shot)
-            expected = expected_charts(name) if name != "index" else None
-            assert check.problems(expected) == [], name
-            assert shot.stat().st_size > 0
+    # every report in a real browser: no console errors, every chart rendered, the answer block
+    # under the question, a real title, no raw polars frame ('shape: (' is a problem), and the
+    # lockbox where the search's answer is given (04, 05, index)
+    assert ensure_chromium(timeout=300) is not None, "Debian's chromium could not be installed"
+    for name in (*(step for step in NOTEBOOK_NAMES), "index"):
+        page = report_dir / f"{name}.html"
+        shot = tmp_path / "screenshots" / f"{name}.png"
+        check = check_page(page, screenshot=shot)
+        assert check.problems(expected_charts(name)) == [], name
+        assert check.title not in ("", "Notebook") and check.counts["shape_rows"] == 0
+        assert shot.stat().st_size > 0
+        assert "shape: (" not in page.read_text(encoding="utf-8"), name
     executed = nbformat.read(run_dir / "01_data_exploration.ipynb", as_version=4)
     injected = [c for c in executed.cells if "injected-parameters" in c.metadata.get("tags", [])]
     assert injected and "run_dir" in injected[0].source
