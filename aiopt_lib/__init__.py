@@ -68,6 +68,7 @@ PUBLIC_MODULES = (
     "viz.widgets",
     "viz.tables",
     "viz.report",
+    "viz.sensitivity",
     "runs.parity",
 )
 

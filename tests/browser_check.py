@@ -16,6 +16,7 @@ What is counted (after the load event, once the chart counts stop changing):
   plotly's ``svg.main-svg``;
 - ``images`` / ``images_broken``: ``img`` elements that decoded (natural width > 0) and those that
   did not (e.g. a corrupt ``data:`` URI);
+- ``sortable_tables``: tables DataTables (itables) took over: sortable, searchable, paged;
 - ``answers``: the answer blocks (``.aiopt-answer``, :func:`aiopt_lib.viz.report.answer`);
 - ``shape_rows``: polars ``shape: (`` lines in the visible text (a raw frame; always a problem);
 - ``lockbox_mentions``: how often the visible text names the lockbox.
@@ -64,6 +65,7 @@ _COUNT_SCRIPT = r"""(() => {
     images_broken: imgs.filter(i => i.complete && i.naturalWidth === 0).length,
     images_pending: imgs.filter(i => !i.complete).length,
     answers: document.querySelectorAll('.aiopt-answer').length,
+    sortable_tables: document.querySelectorAll('table.dataTable').length,
     shape_rows: (document.body.innerText.match(/shape: \(/g) || []).length,
     lockbox_mentions: (document.body.innerText.match(/lockbox/gi) || []).length,
     title: document.title,

@@ -203,3 +203,8 @@ def test_class_mean_contrast_measures_the_widest_pixel_difference() -> None:
     assert "at most 100 of 255" in class_mean_contrast({"BUY": base, "SELL": apart})
     assert "look almost alike" in class_mean_contrast({"BUY": base, "SELL": base + 3})
     assert "Fewer than two" in class_mean_contrast({"BUY": base})
+
+
+def test_class_mean_contrast_takes_grey_images_too() -> None:
+    grey = np.full((4, 4), 10.0)
+    assert "at most 20 of 255" in class_mean_contrast({"BUY": grey, "SELL": grey + 20})

@@ -484,3 +484,80 @@ def test_chart_indicator_arguments(bars):
         assert "ema_8" in labels and "stoch_k_5_1_3" not in labels
     finally:
         plt.close(fig)
+
+
+def _x_axes(node):
+    """Every axis definition of a ``ts`` x encoding in a chart spec."""
+    if isinstance(node, dict):
+        x = node.get("encoding", {}).get("x") if isinstance(node.get("encoding"), dict) else None
+        own = [x["axis"]] if isinstance(x, dict) and x.get("field") == "ts" and "axis" in x else []
+        return own + [a for k, v in node.items() if k != "encoding" for a in _x_axes(v)]
+    if isinstance(node, list):
+        return [a for v in node for a in _x_axes(v)]
+    return []
+
+
+def test_time_axes_keep_labels_apart(sample):
+    # notebook 04 showed "Sep 17October": Vega's mixed default formats, labels touching
+    axis = charts.time_axis(900).to_dict()
+    assert axis["labelOverlap"] == "greedy" and axis["labelSeparation"] >= 8
+    assert axis["tickCount"] == 9 and axis["labelAngle"] == 0
+    # one short format per tick granularity: times of day, day ticks, new years
+    assert "'%H:%M'" in axis["labelExpr"] and "'%b %d'" in axis["labelExpr"]
+    assert "'%Y'" in axis["labelExpr"] and "%B" not in axis["labelExpr"]
+    equity = sample.select("ts", pl.col("close").alias("equity"))
+    built = [
+        charts.trading_chart(sample, n_bars=200, overlays=("ema", "rsi")),
+        charts.price_chart(sample),
+        charts.equity_curves_chart({"close": equity}, width=500),
+        charts.indicator_panels(reg.add_indicators(sample), indicators=("ema", "rsi"), n_bars=200),
+    ]
+    for chart in built:
+        axes = _x_axes(chart.to_dict())
+        assert axes, chart
+        assert all(a["labelOverlap"] == "greedy" and "labelExpr" in a for a in axes)
+    assert _x_axes(built[2].to_dict())[0]["tickCount"] == 5  # about one per 100 px
+
+
+def test_candle_chart_size_for_a_side_by_side_comparison(sample):
+    import matplotlib.pyplot as plt
+
+    # notebook 02 shows it beside a square model image: a square figure fills the same cell
+    fig = charts.candle_chart(sample, n_bars=64, mav=(20,), figsize=(6.4, 6.4))
+    assert tuple(fig.get_size_inches()) == (6.4, 6.4)
+    axes = fig.get_axes()
+    labels = [t for t in axes[0].get_yticklabels() if t.get_text()]
+    image = charts.figure_to_array(fig, dpi=100)
+    assert image.dtype == np.uint8 and image.shape[2] == 3
+    # the whole chart, the price labels right of the axes included (a plain save crops them)
+    height, width = image.shape[:2]
+    assert 600 <= height <= 760 and 600 <= width <= 760
+    extent = max(t.get_window_extent().x1 for t in labels)
+    assert extent > fig.get_size_inches()[0] * fig.dpi  # they lie outside the figure box
+    default = charts.candle_chart(sample, n_bars=64)
+    assert tuple(default.get_size_inches()) == (11, 5.5)
+    plt.close(default)
+
+
+def test_image_grid_draws_differences_on_one_diverging_range():
+    import matplotlib.pyplot as plt
+
+    rgb = np.full((4, 4, 3), 255, dtype=np.uint8)
+    small, large = np.full((4, 4), 2.0), np.full((4, 4), -8.0)
+    fig = charts.image_grid(
+        [small, large, rgb], ["a", "b", "c"], ncols=3, colorbar="ink difference"
+    )
+    axes = fig.get_axes()
+    planes = [ax.get_images()[0] for ax in axes[:2]]
+    # both panels on ±8 (the largest difference), red above zero and blue below
+    assert [p.get_clim() for p in planes] == [(-8.0, 8.0), (-8.0, 8.0)]
+    assert planes[0].get_cmap().name == "RdBu_r"
+    assert axes[2].get_images()[0].get_array().shape == (4, 4, 3)  # RGB as it is
+    assert axes[-1].get_ylabel() == "ink difference"  # the colour bar
+    plt.close(fig)
+    fig = charts.image_grid([small], limit=4.0, cmap="PuOr")
+    image = fig.get_axes()[0].get_images()[0]
+    assert image.get_clim() == (-4.0, 4.0) and image.get_cmap().name == "PuOr"
+    plt.close(fig)
+    with pytest.raises(ValueError, match="no images"):
+        charts.image_grid([])

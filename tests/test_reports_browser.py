@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -183,7 +184,53 @@ def test_chart_without_its_bundle_is_caught(tmp_path, chromium, offline_altair, 
         *(f"uncaught exception: {e}" for e in check.exceptions),
         "1 of 1 vega_charts did not render",
         "vega_charts_rendered: 0, expected 1",
+        "answers: 0, expected at least 1",
+        "lockbox_mentions: 0, expected at least 1",
     ]
+
+
+def test_report_conventions_in_a_real_kernel_and_browser(tmp_path, chromium):
+    """The answer block, a formatted table, a sortable table (itables, its bundle inlined) and a
+    raw polars frame, executed in a kernel and converted as the pipeline does: the browser finds
+    the answer, a working DataTable, no console error, and flags the raw frame."""
+    trades = tmp_path / "trades.parquet"
+    load_sample().head(40).with_columns(pl.col("close").pct_change().alias("return")).select(
+        "ts", "close", "return", "volume"
+    ).write_parquet(trades)
+    cells = [
+        nbformat.v4.new_markdown_cell("# Conventions\n\n**Question:** does it render?"),
+        nbformat.v4.new_code_cell(
+            "import polars as pl\nfrom IPython.display import display\nimport aiopt_lib as ai\n"
+            f"ai.configure_report_display()\nframe = pl.read_parquet({str(trades)!r})"
+        ),
+        nbformat.v4.new_code_cell("ai.answer('Yes: computed from the frame.')"),
+        nbformat.v4.new_code_cell("ai.table(frame.head(5), title='Formatted')"),
+        nbformat.v4.new_code_cell("ai.sortable_table(frame, caption='Sortable')"),
+        nbformat.v4.new_code_cell(
+            "with pl.Config(tbl_hide_dataframe_shape=False):\n    display(frame.head(2))"
+        ),
+    ]
+    notebook = tmp_path / "conventions.ipynb"
+    nbformat.write(nbformat.v4.new_notebook(cells=cells), str(notebook))
+    from nbclient import NotebookClient
+
+    executed = nbformat.read(str(notebook), as_version=4)
+    NotebookClient(executed, timeout=120, kernel_name="python3").execute()
+    nbformat.write(executed, str(notebook))
+    page = notebook_to_html(notebook, tmp_path / "conventions.html")
+    html_text = page.read_text(encoding="utf-8")
+    assert "<title>Conventions</title>" in html_text
+    assert not re.search(r'<script[^>]+src="https?://', html_text)
+
+    shot = tmp_path / "conventions.png"
+    check = check_page(page, screenshot=shot)
+    keep_artifact(shot)
+
+    assert check.console_errors == () and check.exceptions == ()
+    assert check.counts["answers"] == 1
+    assert check.counts["sortable_tables"] == 1  # DataTables took the table over, offline
+    assert check.counts["shape_rows"] == 1  # the raw frame, and only it
+    assert check.problems() == ["1 raw polars frame(s) ('shape: (' in the text)"]
 
 
 def test_missing_page_is_a_data_error(tmp_path):
@@ -196,29 +243,45 @@ def test_expected_charts_of_the_pipeline_reports():
         "vega_charts_rendered": 4,
         "plotly_charts_rendered": 0,
         "images_min": 2,
+        "answers_min": 1,
     }
     assert expected_charts("04") == expected_charts(Path("reports/x/04_optuna_search.html"))
-    assert expected_charts("04")["plotly_charts_rendered"] == 3
+    assert expected_charts("04")["plotly_charts_rendered"] == 9  # three Optuna plots per fold
     assert expected_charts("05_backtest")["vega_charts_rendered"] == 1
+    assert expected_charts("index") == {"answers_min": 1, "lockbox_mentions_min": 2}
     with pytest.raises(ConfigError, match="no expected charts"):
         expected_charts("06_live")
 
 
 def test_problems_compares_counts_exactly_and_minimums_at_least():
+    counts = {
+        "vega_charts": 4,
+        "vega_charts_rendered": 4,
+        "plotly_charts": 0,
+        "plotly_charts_rendered": 0,
+        "images": 3,
+        "images_broken": 0,
+        "answers": 1,
+        "shape_rows": 0,
+        "lockbox_mentions": 0,
+    }
     check = PageCheck(
+        path=Path("r.html"), title="r", console_errors=(), exceptions=(), counts=counts
+    )
+    assert check.ok and check.problems(expected_charts("01")) == []
+    assert check.problems(expected_charts("05")) == [
+        "vega_charts_rendered: 4, expected 1",
+        "lockbox_mentions: 0, expected at least 1",
+    ]
+    # a page without its answer, or with a raw polars frame, is wrong whatever its charts
+    bare = PageCheck(
         path=Path("r.html"),
         title="r",
         console_errors=(),
         exceptions=(),
-        counts={
-            "vega_charts": 4,
-            "vega_charts_rendered": 4,
-            "plotly_charts": 0,
-            "plotly_charts_rendered": 0,
-            "images": 3,
-            "images_broken": 0,
-        },
+        counts={**counts, "answers": 0, "shape_rows": 2},
     )
-    assert check.ok and check.problems(expected_charts("01")) == []
-    assert check.problems(expected_charts("04")) == ["plotly_charts_rendered: 0, expected 3"]
-    assert check.problems(expected_charts("05")) == ["vega_charts_rendered: 4, expected 1"]
+    assert bare.problems(expected_charts("01")) == [
+        "2 raw polars frame(s) ('shape: (' in the text)",
+        "answers: 0, expected at least 1",
+    ]

@@ -578,19 +578,22 @@ def dataset_verdict(balance: pl.DataFrame, *, window: int, width: int, height: i
     )
 
 
+def _grey(image: np.ndarray) -> np.ndarray:
+    """An image as grey levels: RGB channels (a last axis of 3 or 4) averaged, 2-D kept."""
+    image = np.asarray(image, dtype=np.float64)
+    return image[..., :3].mean(axis=-1) if image.ndim == 3 else image
+
+
 def class_mean_contrast(means: Mapping[str, np.ndarray]) -> str:
-    """One sentence on how different the classes' mean images are: the largest per-pixel
-    difference between any two class means, and the mean absolute one, in grey levels of 255."""
+    """One sentence on how different the classes' mean images are (RGB or grey, ``uint8`` or
+    float levels of 255): the largest per-pixel difference between any two class means, and the
+    mean absolute one."""
     if len(means) < 2:
         return "Fewer than two classes: nothing to compare."
     names = list(means)
     pairs = [(a, b) for i, a in enumerate(names) for b in names[i + 1 :]]
-    gaps = {
-        (a, b): np.abs(
-            means[a].astype(np.float64).mean(axis=-1) - means[b].astype(np.float64).mean(axis=-1)
-        )
-        for a, b in pairs
-    }
+    grey = {name: _grey(image) for name, image in means.items()}
+    gaps = {(a, b): np.abs(grey[a] - grey[b]) for a, b in pairs}
     (a, b), widest = max(gaps.items(), key=lambda item: float(item[1].max()))
     average = float(np.mean([g.mean() for g in gaps.values()]))
     return (

@@ -96,6 +96,31 @@ def inline_data(frame: pl.DataFrame) -> alt.InlineData:
     return alt.InlineData(values=converted.to_dicts())
 
 
+# Vega's default time labels mix formats ("Sep 17" for weeks, "October" for months) and drop
+# overlapping labels only when they intersect, so neighbours touch ("Sep 17October"). One short
+# format per tick granularity, chosen per tick so it still fits after zooming in to hours, a gap
+# between labels, and about one tick per 100 pixels.
+_TIME_LABEL = (
+    "hours(datum.value) || minutes(datum.value) ? timeFormat(datum.value, '%H:%M')"
+    " : date(datum.value) == 1 && month(datum.value) == 0 ? timeFormat(datum.value, '%Y')"
+    " : timeFormat(datum.value, '%b %d')"
+)
+
+
+def time_axis(width: int = 900) -> alt.Axis:
+    """The x axis of every time chart in :mod:`aiopt_lib.viz`: labels ``%H:%M`` at intra-day
+    ticks, ``%b %d`` at day ticks (``Oct 01``, not ``October``), ``%Y`` at new years; at least
+    10 px between labels (overlapping ones dropped greedily) and about one tick per 100 px of
+    ``width``, so labels never run together (``Sep 17October``) at any zoom."""
+    return alt.Axis(
+        labelExpr=_TIME_LABEL,
+        labelOverlap="greedy",
+        labelSeparation=10,
+        labelAngle=0,
+        tickCount=max(2, width // 100),
+    )
+
+
 def _downsample_close(bars: pl.DataFrame, max_points: int) -> pl.DataFrame:
     """At most ``max_points`` rows: per bucket the low and the high (an envelope that keeps spikes)."""
     if bars.height <= max_points:
@@ -137,7 +162,7 @@ def price_chart(
         alt.Chart(line_data)
         .mark_line(strokeWidth=1, color="#1f4e79")
         .encode(
-            x=alt.X("ts:T", title=None),
+            x=alt.X("ts:T", title=None, axis=time_axis(width)),
             y=alt.Y("close:Q", scale=alt.Scale(zero=False), title=title),
             tooltip=[
                 alt.Tooltip("ts:T", format="%Y-%m-%d %H:%M"),
@@ -386,6 +411,7 @@ def candle_chart(
     indicator_params: Any = None,
     signals: pl.DataFrame | None = None,
     trades: pl.DataFrame | None = None,
+    figsize: tuple[float, float] | None = None,
 ) -> Any:
     """An mplfinance candle chart of the ``n_bars`` bars ending at ``end`` (default: the last bar).
 
@@ -409,6 +435,9 @@ def candle_chart(
     - ``trades``: a frame with ``entry_ts``, ``exit_ts``, ``side`` (``"long"``/``"short"``),
       ``entry_price``, ``exit_price``: a segment from entry to exit, green for a winning trade and
       red for a losing one.
+    - ``figsize``: inches, default ``(11, 5.5 + 1.4 × indicator panels)``; a square one
+      (``(6.4, 6.4)``) matches a model image's aspect when the two are shown side by side, so
+      neither is shrunk to fit the other's cell.
 
     Returns the matplotlib Figure (shown inline in notebooks, embedded as PNG in reports).
     """
@@ -456,7 +485,7 @@ def candle_chart(
         title=title or f"{frame.index[0]:%Y-%m-%d %H:%M} to {frame.index[-1]:%Y-%m-%d %H:%M} UTC",
         ylabel="price",
         returnfig=True,
-        figsize=(11, 5.5 + 1.4 * len(panel_names)),
+        figsize=figsize or (11, 5.5 + 1.4 * len(panel_names)),
         panel_ratios=tuple(ratios),
         tight_layout=True,
         warn_too_much_data=10_000,
@@ -670,7 +699,7 @@ def indicator_panels(
     data = frame if n_bars is None else frame.tail(n_bars)
     source = inline_data(data.select("ts", "close", *columns))
     zoom = alt.selection_interval(bind="scales", encodings=["x"])
-    x = alt.X("ts:T", title=None)
+    x = alt.X("ts:T", title=None, axis=time_axis(width))
     overlay_columns, overlay_colours = _overlay_colours([d for d in drawn if d.on_price])
     price = (
         _fold_lines(
@@ -763,7 +792,7 @@ def trading_chart(
         "ts", "open", "high", "low", "close", (pl.col("close") >= pl.col("open")).alias("up")
     )
     base = alt.Chart(inline_data(candles)).encode(
-        x=alt.X("ts:T", title=None),
+        x=alt.X("ts:T", title=None, axis=time_axis(width)),
         color=alt.condition("datum.up", alt.value("#26a69a"), alt.value("#ef5350")),
     )
     wicks = base.mark_rule().encode(
@@ -852,7 +881,7 @@ def trading_chart(
     if not panels:
         return price.properties(width=width, height=height, title=title)
     values = inline_data(data.select("ts", *dict.fromkeys(c for d in panels for c in d.drawn)))
-    x = alt.X("ts:T", title=None)
+    x = alt.X("ts:T", title=None, axis=time_axis(width))
     below = [_altair_panel(values, d, x, width, 90) for d in panels]
     return (
         alt.vconcat(price.properties(width=width, height=height), *below)
@@ -868,9 +897,19 @@ def image_grid(
     ncols: int = 6,
     size: float = 2.0,
     suptitle: str | None = None,
+    cmap: str | None = None,
+    limit: float | None = None,
+    colorbar: str | None = None,
 ) -> Any:
-    """A matplotlib Figure showing images (an ``(n, H, W, 3)`` uint8 array or a list of PNG
-    bytes) in a grid, each with an optional title (e.g. its label)."""
+    """A matplotlib Figure showing images (an ``(n, H, W, 3)`` uint8 array, a list of PNG bytes,
+    or a list of arrays) in a grid of ``size``-inch cells, each with an optional title (e.g. its
+    label).
+
+    Single-channel ``(H, W)`` float images (a class mean minus the overall mean, say) are drawn
+    with ``cmap`` (default ``"RdBu_r"``: red above zero, blue below) on one colour range for
+    all of them, ``±limit`` (default: the largest absolute value), so the panels compare; a
+    colour bar labelled ``colorbar`` is added when given. Without the shared range a faint
+    difference would be stretched to full colour in one panel and not in another."""
     import io
 
     import matplotlib.pyplot as plt
@@ -881,33 +920,60 @@ def image_grid(
     n = len(images)
     if n == 0:
         raise ValueError("no images to show")
+    planes = [np.ndim(image) == 2 for image in images]
+    if any(planes) and limit is None:
+        limit = max(
+            float(np.nanmax(np.abs(image))) for image, p in zip(images, planes, strict=True) if p
+        )
     ncols = min(ncols, n)
     nrows = -(-n // ncols)
     fig, axes = plt.subplots(
-        nrows, ncols, figsize=(size * ncols, size * nrows * 1.1), squeeze=False
+        nrows,
+        ncols,
+        figsize=(size * ncols, size * nrows * 1.1),
+        squeeze=False,
+        layout="constrained" if colorbar else None,
     )
+    shown = None
     for k, ax in enumerate(np.ravel(axes)):
         ax.axis("off")
         if k < n:
-            ax.imshow(images[k], interpolation="nearest")
+            if planes[k]:
+                shown = ax.imshow(
+                    images[k],
+                    cmap=cmap or "RdBu_r",
+                    vmin=-(limit or 1.0),
+                    vmax=limit or 1.0,
+                    interpolation="nearest",
+                )
+            else:
+                ax.imshow(images[k], interpolation="nearest")
             if titles is not None:
                 ax.set_title(titles[k], fontsize=8)
     if suptitle:
         fig.suptitle(suptitle)
-    fig.tight_layout()
+    if colorbar and shown is not None:
+        fig.colorbar(shown, ax=axes, label=colorbar, shrink=0.8)
+    elif not colorbar:
+        fig.tight_layout()
     return fig
 
 
 def figure_to_array(fig: Any, *, dpi: int = 80) -> Any:
     """Rasterise a matplotlib Figure to an ``(H, W, 3)`` uint8 array and close it (so notebooks
-    do not show it a second time)."""
+    do not show it a second time).
+
+    Saved with ``bbox_inches="tight"``, as Jupyter shows figures: mplfinance's tight layout puts
+    its axes at the figure's edges and relies on that to keep the price labels and the time
+    labels, which a plain save crops. The array is therefore about ``figsize × dpi``, not
+    exactly."""
     import io
 
     import matplotlib.pyplot as plt
     import numpy as np
 
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=dpi)
+    fig.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight", pad_inches=0.05)
     plt.close(fig)
     buffer.seek(0)
     image = plt.imread(buffer, format="png")
@@ -1012,7 +1078,7 @@ def equity_curves_chart(
         alt.Chart(inline_data(data))
         .mark_line(strokeWidth=1.5)
         .encode(
-            x=alt.X("ts:T", title=None),
+            x=alt.X("ts:T", title=None, axis=time_axis(width)),
             y=alt.Y("growth:Q", scale=alt.Scale(zero=False), title="growth of 1"),
             color=alt.Color("curve:N", title=None, sort=list(curves)),
             tooltip=["curve:N", "ts:T", alt.Tooltip("growth:Q", format=".4f")],
