@@ -99,7 +99,7 @@ _EXPECTED = {
     "04_optuna_search": {
         "vega_charts_rendered": 5,
         "plotly_charts_rendered": 9,
-        "images_min": 0,
+        "images_min": 1,
         "answers_min": 1,
         "lockbox_mentions_min": 2,
     },

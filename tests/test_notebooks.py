@@ -133,8 +133,12 @@ def test_default_run_writes_offline_report(tmp_path):
     assert not re.search(r'<(script|link)[^>]+(src|href)="https?://', page04)
     assert "PBO (CSCV" in page04 and "DSR" in page04
     assert "param fast" in page04 and "schema_version: 1" not in page04  # a table, not YAML
-    assert page04.count('class="plotly-graph-div"') == 3  # history, importances, coordinates
-    assert page04.count('class="aiopt-vega"') == 4  # walk-forward, lockbox, top 5, the panel
+    # history, importances, coordinates for each of the 3 folds
+    assert page04.count('class="plotly-graph-div"') == 9
+    # walk-forward, lockbox, top 5, the sensitivity heatmaps (test window, post-training)
+    assert page04.count('class="aiopt-vega"') == 5
+    assert page04.count('class="aiopt-panel-picture"') == 1  # the panel, as a picture
+    assert "VBox(children=" not in page04
     # the answer first, computed from the run, and the lockbox
     document = json.loads((run_dir / "ranking.json").read_text())
     answers = verdict(document)

@@ -9,6 +9,7 @@ No CDN is referenced.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 import uuid
 from collections.abc import Mapping, Sequence
@@ -38,11 +39,25 @@ GAP_COLOURS = {
 _bundle_emitted = False
 
 
-def _vega_bundle() -> str:
+@functools.cache
+def vega_bundle_script() -> str:
+    """Vega, Vega-Lite and vega-embed as one offline script (vl-convert's bundle, matching
+    Altair's Vega-Lite). Wrapped in a function so the bundle's top-level consts cannot clash if a
+    page holds it twice (two notebooks' outputs pasted together); the guard skips a second copy."""
     import vl_convert as vlc
     from altair.utils._importers import vl_version_for_vl_convert
 
-    return vlc.javascript_bundle(vl_version=vl_version_for_vl_convert())
+    bundle = vlc.javascript_bundle(vl_version=vl_version_for_vl_convert())
+    return "if (!window.vegaEmbed) { (function(){\n" + bundle + "\n})(); }"
+
+
+def chart_png(spec: Mapping[str, Any], *, scale: float = 1.0) -> bytes:
+    """A complete Vega-Lite spec drawn as a PNG by vl-convert (no browser): pictures of
+    interactive charts in static reports."""
+    import vl_convert as vlc
+    from altair.utils._importers import vl_version_for_vl_convert
+
+    return vlc.vegalite_to_png(dict(spec), vl_version=vl_version_for_vl_convert(), scale=scale)
 
 
 def _offline_renderer(spec: dict[str, Any], **_: Any) -> dict[str, str]:
@@ -51,13 +66,7 @@ def _offline_renderer(spec: dict[str, Any], **_: Any) -> dict[str, str]:
     div_id = f"aiopt-vega-{uuid.uuid4().hex[:12]}"
     parts = []
     if not _bundle_emitted:
-        # Wrapped in a function so the bundle's top-level consts cannot clash if a page holds it
-        # twice (e.g. two notebooks' outputs pasted together); the guard skips the second copy.
-        parts.append(
-            '<script type="text/javascript">if (!window.vegaEmbed) { (function(){\n'
-            + _vega_bundle()
-            + "\n})(); }</script>"
-        )
+        parts.append(f'<script type="text/javascript">{vega_bundle_script()}</script>')
         _bundle_emitted = True
     spec_json = json.dumps(spec).replace("</", "<\\/")
     parts.append(
