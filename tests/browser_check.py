@@ -110,6 +110,13 @@ _EXPECTED = {
         "answers_min": 1,
         "lockbox_mentions_min": 1,
     },
+    "06_paper_trading": {
+        "vega_charts_rendered": 2,
+        "plotly_charts_rendered": 0,
+        "images_min": 0,
+        "answers_min": 1,
+        "lockbox_mentions_min": 1,
+    },
     "index": {"answers_min": 1, "lockbox_mentions_min": 2},
 }
 
@@ -169,7 +176,7 @@ def expected_charts(report_name: str | Path) -> dict[str, int]:
 
     ``report_name``: ``"01"``, ``"01_data_exploration"`` or a path to ``01_data_exploration.html``.
     Keys as in :attr:`PageCheck.counts`, exact; a ``_min`` suffix means at least (see
-    :meth:`PageCheck.problems`). Raises :class:`ConfigError` for a report that is not one of 01-05.
+    :meth:`PageCheck.problems`). Raises :class:`ConfigError` for a report that is not one of 01-06.
     """
     stem = Path(str(report_name)).stem
     for name, expected in _EXPECTED.items():

@@ -19,6 +19,7 @@ import pytest
 from browser_check import check_page, ensure_chromium, expected_charts
 
 from aiopt_lib.core.bars import check_bars
+from aiopt_lib.live.node import LiveResult
 from aiopt_lib.strategy.ranking import load_ranking, verdict
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -182,6 +183,24 @@ def test_default_run_writes_offline_report(tmp_path):
     parity = json.loads((run_dir / "strategies" / "parity.json").read_text())
     assert {row["file"] for row in parity} == set(published)
     assert all(row["parity"] in index for row in parity)
+    # notebook 06: the best strategy paper-traded over the lockbox in a live TradingNode (replay,
+    # sandbox venue), untouched = backtest trade for trade; operated through the control channel
+    page06 = (report_dir / "06_paper_trading.html").read_text(encoding="utf-8")
+    assert "<title>06 · Paper trading in a Nautilus TradingNode</title>" in page06
+    assert "Traceback" not in page06
+    assert re.search(
+        r"Yes: replayed through the live TradingNode, all [1-9]\d* trades equal", page06
+    )
+    assert "2 of 2 commands were applied and acknowledged" in page06
+    assert re.search(r"the model answered each bar in [\d.]+ ms \(median\)", page06)
+    operated = LiveResult.load(run_dir / "live" / "operated" / "result")
+    assert set(operated.predictions["model_id"].unique()) == {"compact", "logistic"}
+    commands = operated.events.filter(pl.col("event") == "command")
+    assert commands["status"].to_list() == ["ok", "ok"]
+    assert (
+        "acknowledgements on the Redis stream" in page06
+        or "the commands went through the in-process channel" in page06
+    )
     # every report in a real browser: no console errors, every chart rendered, the answer block
     # under the question, a real title, no raw polars frame ('shape: (' is a problem), and the
     # lockbox where the search's answer is given (04, 05, index)

@@ -743,6 +743,13 @@ class SpecStrategy(Strategy):
         if self.config.fill_at_close:
             self._act(t, target)  # against bar t's close quote, the current one
             return
+        self._schedule(t, target)
+
+    def _schedule(self, t: int, target: int) -> None:
+        """Send signal bar ``t``'s market orders 1 µs after bar ``t + 1``'s open quote: a time
+        alert on the engine's clock, which is the data's time in a backtest. A live node's clock
+        is the wall clock, not the data's, so :mod:`aiopt_lib.live` overrides this hook and sends
+        them on that quote instead."""
         alert_ns = int(self.open_ns[t + 1]) + _ALERT_DELAY_NS
         self.clock.set_time_alert_ns(
             f"fill-{t}", alert_ns, lambda _event, t=t, target=target: self._act(t, target)

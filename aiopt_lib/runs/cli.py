@@ -17,6 +17,10 @@
                                     syntax and semantic checks with line:column; exit 1 on errors
     aiopt run --config FILE         execute the notebooks of a run with papermill, render HTML reports
     aiopt batch FILE [--workers N]  a grid or list of runs in parallel, and a comparison page
+    aiopt serve MODEL_DIR [...]     the saved signal models over HTTP (LitServe: /predict, /models,
+                                    /health; dynamic batching; see aiopt serve --help)
+    aiopt live --config FILE        paper-trade a ranked strategy in a nautilus_trader TradingNode
+                                    (replay + sandbox venue; Redis control; AIOPT_* variables)
 
 Errors print one line (``aiopt: error: ...``) and exit 2; ``--debug`` shows the traceback.
 """
@@ -351,6 +355,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     batch.add_argument("--runs-dir", default="papermill_runs", help="where run folders go")
     batch.add_argument("--reports-dir", default="reports", help="where reports go")
+
+    serve = commands.add_parser(
+        "serve",
+        help="serve saved signal models over HTTP (aiopt serve --help for the options)",
+        add_help=False,
+    )
+    serve.add_argument("arguments", nargs=argparse.REMAINDER, help="see aiopt serve --help")
+
+    live = commands.add_parser(
+        "live", help="paper-trade a strategy in a live TradingNode (replay data, sandbox venue)"
+    )
+    live.add_argument(
+        "--config",
+        help="live configuration (YAML; AIOPT_LIVE__SECTION__KEY and AIOPT_* variables apply)",
+    )
 
     run = commands.add_parser("run", help="run the notebooks of a configuration with papermill")
     run.add_argument(
@@ -692,6 +711,12 @@ def _cmd_batch(args: argparse.Namespace) -> int:
     return EXIT_OK if result.ok else EXIT_PROBLEMS
 
 
+def _cmd_live(args: argparse.Namespace) -> int:
+    from aiopt_lib.live.node import main_live
+
+    return main_live(args.config)
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from aiopt_lib.runs.runner import load_run_config, run_pipeline
 
@@ -720,6 +745,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``aiopt`` console script; returns the exit code."""
     parser = build_parser()
     arguments = list(sys.argv[1:] if argv is None else argv)
+    if arguments[:1] == ["serve"]:
+        # the server parses its own options (aiopt_lib.serve.server), errors included
+        from aiopt_lib.serve.server import main_serve
+
+        return main_serve(arguments[1:], prog="aiopt serve")
     # --debug is accepted anywhere on the line, not only before the command.
     debug = "--debug" in arguments
     args = parser.parse_args([a for a in arguments if a != "--debug"])
@@ -733,6 +763,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         handler = _cmd_search
     elif args.command == "batch":
         handler = _cmd_batch
+    elif args.command == "live":
+        handler = _cmd_live
     elif args.command == "pine":
         handler = _cmd_pine_export if args.pine_command == "export" else _cmd_pine_check
     elif args.command == "dataset":
