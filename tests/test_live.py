@@ -259,10 +259,21 @@ def test_commands_from_any_redis_client_and_malformed_ones(
     prefix = "t-any"
     sent: list[str] = []
 
+    config = LiveConfig(
+        data={"pace": "realtime", "speed": 400_000},
+        control={"redis_url": redis_server.url, "prefix": prefix},
+    )
+    session = build_live_session(config, spec=spec, bars=bars.head(600))
+
     def operator() -> None:
+        # once the node reads the stream (it reads what is added after it starts) and trades
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not (
+            session.link.up and session.replay.bars_published >= 50
+        ):
+            time.sleep(0.01)
         client = redis_server.client()
         try:
-            time.sleep(0.4)
             for fields in (
                 {"cmd": "pause"},
                 {"nothing": "here"},
@@ -275,12 +286,8 @@ def test_commands_from_any_redis_client_and_malformed_ones(
             client.close()
 
     thread = threading.Thread(target=operator)
-    config = LiveConfig(
-        data={"pace": "realtime", "speed": 400_000},
-        control={"redis_url": redis_server.url, "prefix": prefix},
-    )
     thread.start()
-    live = run_live(config, spec=spec, bars=bars.head(600), timeout=120)
+    live = session.run(timeout=120)
     thread.join()
     acks = {a["command_id"]: a for a in redis_entries(redis_server, f"{prefix}:acks")}
     assert [acks[i]["status"] for i in sent] == ["ok", "rejected", "rejected", "failed", "ok"]

@@ -249,6 +249,11 @@ class RedisLink:
         if self._client is None:
             self._client = _client(self.url, self._password)
         self._client.ping()
+        if self.last_id == "$":
+            # "$" means "after the newest entry" anew in every XREAD, so an entry added between
+            # two blocking reads would be missed: pin it to the newest entry's id once
+            newest = self._client.xrevrange(self.stream, count=1)
+            self.last_id = _decode(newest[0][0]) if newest else "0-0"
         return self._client
 
     def _flush(self, client: redis.Redis) -> None:

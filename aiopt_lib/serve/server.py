@@ -6,13 +6,13 @@ Public API (what ``aiopt serve`` and ``python -m aiopt_lib.serve`` call)::
         # argv: the command line after the program name (None: sys.argv[1:]), i.e.
         #   MODEL_DIR|ID=MODEL_DIR [...] [--host 127.0.0.1] [--port 8000] [--max-batch 16]
         #   [--batch-timeout 0.001] [--workers 1] [--cache-size 4] [--window N]
-        #   [--device auto|cpu|cuda] [--log-level warning]
+        #   [--device auto|cpu|cuda] [--log-level warning] [--fast-queue]
         # Returns the exit status: 0 after a clean stop (Ctrl+C, SIGTERM), 2 for bad arguments
         # or a folder that cannot be served (one line on stderr, no traceback).
 
     serve(models: Sequence[str], *, host="127.0.0.1", port=8000, max_batch=16,
           batch_timeout=0.001, workers=1, cache_size=4, window=None, device="auto",
-          log_level="warning") -> int
+          log_level="warning", fast_queue=False) -> int
         # the same without parsing; raises ConfigError/DataError (AioptError) for what
         # main_serve turns into exit status 2.
 
@@ -396,6 +396,7 @@ def build_server(
     workers: int = 1,
     cache_size: int = DEFAULT_CACHE_SIZE,
     device: str = "auto",
+    fast_queue: bool = False,
 ) -> ls.LitServer:
     """The LitServer of ``entries`` (not started: call ``.run(host=..., port=...)``). CPU workers
     share the cores this process may use, ``cores // workers`` torch threads each."""
@@ -420,6 +421,8 @@ def build_server(
         timeout=REQUEST_TIMEOUT_S,
         max_payload_size=MAX_PAYLOAD_BYTES,
         model_metadata={"models": [entry.id for entry in entries]},
+        # ZeroMQ between the HTTP process and the workers instead of multiprocessing queues
+        fast_queue=fast_queue,
     )
     server.uvicorn_graceful_timeout = 5
     _install_routes(server.app, entries, loaded)
@@ -474,6 +477,7 @@ def serve(
     window: int | None = None,
     device: str = "auto",
     log_level: str = "warning",
+    fast_queue: bool = False,
 ) -> int:
     """Serve the model folders ``models`` (``DIR`` or ``ID=DIR``; the first is the default)
     until Ctrl+C or SIGTERM; returns 0 then. Everything that can be checked is checked before
@@ -492,6 +496,7 @@ def serve(
         workers=workers,
         cache_size=min(cache_size, len(entries)),
         device=device,
+        fast_queue=fast_queue,
     )
     where = "cpu" if server.devices == ["cpu"] else ", ".join(d[0] for d in server.devices)
     print(
@@ -560,6 +565,12 @@ def _parser(prog: str) -> argparse.ArgumentParser:
     parser.add_argument(
         "--log-level", choices=("debug", "info", "warning", "error"), default="warning"
     )
+    parser.add_argument(
+        "--fast-queue",
+        action="store_true",
+        help="ZeroMQ between the HTTP process and the workers (more req/s under many clients, "
+        "more latency for one on 2 cores: benchmarks/bench_serve.py)",
+    )
     return parser
 
 
@@ -586,6 +597,7 @@ def main_serve(argv: Sequence[str] | None = None, *, prog: str = PROG) -> int:
             window=args.window,
             device=args.device,
             log_level=args.log_level,
+            fast_queue=args.fast_queue,
         )
     except AioptError as exc:
         print(f"{prog}: {' '.join(str(exc).split())}", file=sys.stderr)
