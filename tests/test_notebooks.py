@@ -189,7 +189,7 @@ def test_default_run_writes_offline_report(tmp_path):
     assert "<title>06 · Paper trading in a Nautilus TradingNode</title>" in page06
     assert "Traceback" not in page06
     assert re.search(
-        r"Yes: replayed through the live TradingNode, all [1-9]\d* trades equal", page06
+        r"Yes: replayed through the live TradingNode, all [1-9] ranked strategies trade as", page06
     )
     assert "2 of 2 commands were applied and acknowledged" in page06
     assert re.search(r"the model answered each bar in [\d.]+ ms \(median\)", page06)

@@ -12,7 +12,7 @@ import datetime as dt
 import os
 import subprocess
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,7 @@ import yaml
 from aiopt_lib.core.atomic import write_text_atomic
 from aiopt_lib.core.errors import AioptError
 from aiopt_lib.live.node import LiveResult
+from aiopt_lib.strategy.spec import StrategySpec
 
 __all__ = [
     "control_events",
@@ -31,6 +32,7 @@ __all__ = [
     "latency_summary",
     "live_equity_chart",
     "paper_trading_answer",
+    "ranked_parity",
     "run_live_process",
     "trades_side_by_side",
     "write_live_config",
@@ -108,6 +110,59 @@ def trades_side_by_side(
         & ((pl.col("live pnl") - pl.col("backtest pnl")).abs() <= 0.01 + 1e-9)
     )
     return joined.with_columns(same.fill_null(False).alias("same"))
+
+
+def ranked_parity(
+    ranking: Sequence[tuple[StrategySpec, Mapping[str, Any]]],
+    *,
+    ranking_path: str | Path,
+    bars: pl.DataFrame,
+    data: Mapping[str, Any],
+    live_dir: str | Path,
+) -> tuple[dict[int, pl.DataFrame], dict[int, LiveResult], pl.DataFrame]:
+    """Every ranked spec replayed untouched through the live node (``aiopt live`` in a child
+    process each, no model, no commands; ``data``: the config's data section, which must replay
+    exactly ``bars``) and compared with the vectorised backtest on ``bars``. Returns, by rank,
+    the trades side by side (:func:`trades_side_by_side`) and the live results, and a table:
+    rank, strategy, live and backtest trades and PnL, trades the same, identical."""
+    from aiopt_lib.strategy.spec import backtest
+
+    out = Path(live_dir)
+    compared: dict[int, pl.DataFrame] = {}
+    results: dict[int, LiveResult] = {}
+    rows = []
+    for spec, extra in ranking:
+        rank = int(extra["rank"])
+        config = write_live_config(
+            out / f"untouched_{rank}.yaml",
+            {
+                "data": dict(data),
+                "strategy": {"ranking": str(ranking_path), "rank": rank},
+                "output_dir": out / f"untouched_{rank}",
+            },
+        )
+        result = run_live_process(config)
+        if result.bars != bars.height:
+            raise AioptError(
+                f"rank {rank}: the node replayed {result.bars} bars, not {bars.height}"
+            )
+        reference = backtest(bars, spec).trades
+        side = trades_side_by_side(result.trades, reference, tick=spec.instrument_tick_size)
+        compared[rank], results[rank] = side, result
+        same = int(side["same"].sum())
+        rows.append(
+            {
+                "rank": rank,
+                "strategy": spec.name,
+                "live trades": result.trades.height,
+                "backtest trades": reference.height,
+                "live PnL": float(result.trades["pnl"].sum()),
+                "backtest PnL": float(reference["pnl"].sum()),
+                "trades the same": same,
+                "identical": same == side.height == reference.height == result.trades.height,
+            }
+        )
+    return compared, results, pl.DataFrame(rows)
 
 
 def control_events(result: LiveResult) -> pl.DataFrame:
@@ -218,19 +273,25 @@ def live_equity_chart(
 
 
 def paper_trading_answer(
-    parity: pl.DataFrame, operated: pl.DataFrame, events: pl.DataFrame, latency: dict[str, float]
+    ranked: pl.DataFrame, operated: pl.DataFrame, events: pl.DataFrame, latency: dict[str, float]
 ) -> str:
-    """The page's answer, from the run: whether the live node traded as the backtest (the
-    replay without commands), where the operated run's trades first part from the backtest's
-    and why, how the commands were answered, and the prediction latency."""
-    n_same = int(parity["same"].sum())
-    identical = n_same == parity.height and parity.height > 0
-    head = (
-        f"Yes: replayed through the live TradingNode, all {parity.height} trades equal the "
-        "backtest's (entry and exit bar, side, reason, prices to the tick, PnL to the cent)"
-        if identical
-        else f"No: only {n_same} of {parity.height} live trades equal the backtest's"
-    )
+    """The page's answer, from the run: whether the live node traded every ranked strategy as
+    the backtest (``ranked``: :func:`ranked_parity`'s table), where the operated run's trades
+    (``operated``: side by side with the backtest) first part from the backtest's and why, how
+    the commands were answered, and the prediction latency."""
+    n_identical = int(ranked["identical"].sum())
+    trades = int(ranked["backtest trades"].sum())
+    if ranked.height and n_identical == ranked.height:
+        head = (
+            f"Yes: replayed through the live TradingNode, all {ranked.height} ranked strategies "
+            f"trade as the backtest (all {trades} trades equal: entry and exit bar, side, reason, "
+            "prices to the tick, PnL to the cent)"
+        )
+    else:
+        head = (
+            f"No: replayed through the live TradingNode, only {n_identical} of {ranked.height} "
+            "ranked strategies trade as the backtest"
+        )
     changed = events.filter(pl.col("command") == "set_params")
     first_diff = operated.filter(~pl.col("same"))
     if first_diff.height and changed.height:
