@@ -249,6 +249,29 @@ def test_scripted_commands_over_redis_are_applied_at_their_bar_and_survive_a_res
         session.close()
 
 
+def test_scripted_commands_without_redis_go_through_the_in_process_channel(
+    bars: pl.DataFrame,
+) -> None:
+    """No Redis configured (notebook 06 on a machine without redis-server): the scripted
+    commands go through the same control actor in process, land on their bars, and a malformed
+    one is rejected; the state is kept in the result."""
+    spec = builtin_template("ema_cross").spec
+    script = [
+        {"at_bar": 200, "command": {"cmd": "set_params", "params": {"fast": 9}}},
+        {"at_bar": 300, "command": {"cmd": "pause"}},
+        {"at_bar": 310, "command": {"cmd": "nope"}},
+    ]
+    part = bars.head(600)
+    live = run_live(LiveConfig(control={"script": script}), spec=spec, bars=part, timeout=120)
+    commands = live.events.filter(pl.col("event") == "command")
+    assert commands["status"].to_list() == ["ok", "ok", "rejected"]
+    assert commands["command_id"].to_list() == ["local-1", "local-2", "local-3"]
+    ts = part["ts"].to_list()
+    assert commands["ts"].to_list() == [ts[200], ts[300], ts[310]]
+    assert live.state["params"]["fast"] == 9 and live.state["paused"] is True
+    assert not [e for e in live.trades["entry_ts"].to_list() if e >= ts[302]]
+
+
 def test_commands_from_any_redis_client_and_malformed_ones(
     bars: pl.DataFrame, redis_server: RedisServer
 ) -> None:
