@@ -199,6 +199,25 @@ def find_chromium() -> Path | None:
     return None
 
 
+def apt_install(package: str, *, timeout: float = 900) -> bool:
+    """``apt-get install -y --no-install-recommends PACKAGE`` (``apt-get update`` first when
+    the package lists are stale), when we run as root with ``apt-get``: how the tests get the
+    real servers and browser a bare Debian machine lacks. True when the install succeeded."""
+    apt = shutil.which("apt-get")
+    if apt is None or os.geteuid() != 0:
+        return False
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    install = [apt, "install", "-y", "--no-install-recommends", package]
+    for command in (install, [apt, "update"], install):
+        try:
+            done = subprocess.run(command, capture_output=True, timeout=timeout, env=env)
+        except subprocess.TimeoutExpired:
+            return False
+        if command is install and done.returncode == 0:
+            return True
+    return False
+
+
 def ensure_chromium(*, timeout: float = 900) -> Path | None:
     """:func:`find_chromium`, installing Debian's ``chromium`` package with ``apt-get`` first when
     there is none and we run as root with ``apt-get`` available (``apt-get update`` is tried once
@@ -206,18 +225,7 @@ def ensure_chromium(*, timeout: float = 900) -> Path | None:
     found = find_chromium()
     if found is not None or os.environ.get("AIOPT_CHROMIUM"):
         return found
-    apt = shutil.which("apt-get")
-    if apt is None or os.geteuid() != 0:
-        return None
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    install = [apt, "install", "-y", "--no-install-recommends", "chromium"]
-    for command in (install, [apt, "update"], install):
-        try:
-            done = subprocess.run(command, capture_output=True, timeout=timeout, env=env)
-        except subprocess.TimeoutExpired:
-            return None
-        if command is install and done.returncode == 0:
-            break
+    apt_install("chromium", timeout=timeout)
     return find_chromium()
 
 

@@ -5,10 +5,10 @@ stopped by its process id, restartable on the same port)."""
 
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
 from pathlib import Path
+
+from browser_check import apt_install
 
 from aiopt_lib.live.localredis import RedisServer, free_port
 
@@ -22,17 +22,6 @@ def ensure_redis_server(*, timeout: float = 600) -> Path | None:
     found = shutil.which("redis-server")
     if found:
         return Path(found)
-    apt = shutil.which("apt-get")
-    if apt is None or os.geteuid() != 0:
-        return None
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    install = [apt, "install", "-y", "--no-install-recommends", "redis-server"]
-    for command in (install, [apt, "update"], install):
-        try:
-            done = subprocess.run(command, capture_output=True, timeout=timeout, env=env)
-        except subprocess.TimeoutExpired:
-            return None
-        if command is install and done.returncode == 0:
-            break
+    apt_install("redis-server", timeout=timeout)
     found = shutil.which("redis-server")
     return Path(found) if found else None

@@ -70,6 +70,22 @@ FailurePolicy = Literal["ungated", "flatten"]
 _NAN_PROBS = dict.fromkeys(PROB_COLUMNS, math.nan)
 
 
+BarRow = tuple[int, float, float, float, float, float]
+
+
+def _bar_row(bar: Bar, open_ns: int) -> BarRow:
+    """``(open time ns, open, high, low, close, volume)``: what the strategy's history and the
+    prediction actor's window keep of a bar."""
+    return (
+        open_ns,
+        bar.open.as_double(),
+        bar.high.as_double(),
+        bar.low.as_double(),
+        bar.close.as_double(),
+        bar.volume.as_double(),
+    )
+
+
 def _no_sink(kind: str, record: dict[str, Any]) -> None:
     """Where records go when nobody listens."""
 
@@ -204,16 +220,7 @@ class LiveSpecStrategy(SpecStrategy):
     def on_bar(self, bar: Bar) -> None:
         """Keep the bar; evaluate it now, or once its prediction is in (module docstring)."""
         open_ns = bar.ts_event - self.timeframe_ns
-        self.history.append(
-            (
-                open_ns,
-                bar.open.as_double(),
-                bar.high.as_double(),
-                bar.low.as_double(),
-                bar.close.as_double(),
-                bar.volume.as_double(),
-            )
-        )
+        self.history.append(_bar_row(bar, open_ns))
         if self.received is not None and (self._waiting or open_ns not in self.received):
             self._waiting.append(bar)
             return
@@ -382,16 +389,7 @@ class LivePredictionActor(Actor):
     def on_bar(self, bar: Bar) -> None:
         """Hand the bar's window to the worker."""
         open_ns = bar.ts_event - self._timeframe_ns
-        self._bars.append(
-            (
-                open_ns,
-                bar.open.as_double(),
-                bar.high.as_double(),
-                bar.low.as_double(),
-                bar.close.as_double(),
-                bar.volume.as_double(),
-            )
-        )
+        self._bars.append(_bar_row(bar, open_ns))
         rows = list(self._bars)
         predictor = self.predictor  # the model of this bar, even if a switch lands meanwhile
         self.pending += 1
