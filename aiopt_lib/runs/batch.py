@@ -21,8 +21,11 @@ base configuration when the batch is read, so a typo fails before anything runs.
 
 Each run gets a deterministic id ``<batch-name>-<k>-<8 hex of its overrides>`` and is executed by
 :func:`aiopt_lib.runs.runner.run_pipeline` in its own worker process, writing to
-``<runs_dir>/<run-id>/`` and ``<reports_dir>/<run-id>/`` like ``aiopt run``. Rerunning a batch
-therefore replaces its runs' files. A failing run is recorded and the others go on. Afterwards
+``<runs_dir>/<run-id>/`` and ``<reports_dir>/<run-id>/`` like ``aiopt run``; with ``--ray``
+each run is a Ray task instead, on this machine or a cluster (``--ship``: the folders come back
+from the node as an archive). Rerunning a batch skips the runs that finished with the same
+configuration (``--rerun``: run them all again). A failing run is recorded and the others go on.
+Afterwards
 ``<reports_dir>/<batch-name>/index.html`` compares the runs (overrides, status, duration, a link
 to each run's report and, where the run wrote ``ranking.json``, the walk-forward out-of-sample
 metrics, the top strategy's out-of-sample Sharpe and deflated Sharpe ratio, and the PBO), and
@@ -40,6 +43,7 @@ import json
 import math
 import multiprocessing
 import os
+import socket
 import time
 import traceback
 from collections.abc import Callable, Mapping, Sequence
@@ -275,7 +279,12 @@ def read_ranking_metrics(path: str | Path) -> dict[str, float | None]:
 
 
 def _execute_run(
-    base: str, overrides: dict[str, Any], run_id: str, runs_dir: str, reports_dir: str
+    base: str,
+    overrides: dict[str, Any],
+    run_id: str,
+    runs_dir: str,
+    reports_dir: str,
+    force: bool = False,
 ) -> dict[str, Any]:
     """Worker-process body: one pipeline run; never raises, the outcome is returned as plain data
     (picklable, and a failure of one run must not reach the pool)."""
@@ -286,7 +295,12 @@ def _execute_run(
     try:
         config = load_run_config(base, overrides)
         run_pipeline(
-            config, runs_dir=runs_dir, reports_dir=reports_dir, run_id=run_id, log=lines.append
+            config,
+            runs_dir=runs_dir,
+            reports_dir=reports_dir,
+            run_id=run_id,
+            force=force,
+            log=lines.append,
         )
     except Exception as exc:  # every failure is recorded, the batch goes on
         error = f"{type(exc).__name__}: {exc}"
@@ -300,8 +314,69 @@ def _execute_run(
         "started": started,
         "finished": time.time(),
         "pid": os.getpid(),
+        "host": socket.gethostname(),
         "log": lines,
     }
+
+
+def _execute_and_ship(
+    base: str, overrides: dict[str, Any], run_id: str, force: bool
+) -> dict[str, Any]:
+    """Ray task body of ``--ship``: the run in a temporary folder of the node, its run and report
+    folders returned as one tar archive (``outcome["archive"]``) for the driver to unpack."""
+    import io
+    import tarfile
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="aiopt-batch-") as folder:
+        runs, reports = Path(folder, "runs"), Path(folder, "reports")
+        outcome = _execute_run(base, overrides, run_id, str(runs), str(reports), force)
+        buffer = io.BytesIO()
+        with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
+            for kind, root in (("runs", runs), ("reports", reports)):
+                if (root / run_id).is_dir():
+                    archive.add(root / run_id, arcname=f"{kind}/{run_id}")
+        outcome["archive"] = buffer.getvalue()
+    return outcome
+
+
+def _unpack(archive: bytes, run_id: str, runs_dir: Path, reports_dir: Path) -> None:
+    """Put a shipped run's folders in place: unpacked beside their destination first (``data``
+    filter: plain files inside the archive's own folders only), then swapped in by renames."""
+    import io
+    import shutil
+    import tarfile
+    import tempfile
+
+    for kind, destination in (("runs", runs_dir), ("reports", reports_dir)):
+        destination.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=destination, prefix=f".{run_id}.") as folder:
+            with tarfile.open(fileobj=io.BytesIO(archive), mode="r:gz") as tar:
+                members = [m for m in tar.getmembers() if m.name.startswith(f"{kind}/{run_id}")]
+                tar.extractall(folder, members=members, filter="data")
+            unpacked = Path(folder, kind, run_id)
+            if not unpacked.is_dir():
+                continue
+            target = destination / run_id
+            old = Path(folder, "old")
+            if target.exists():
+                target.rename(old)
+            unpacked.rename(target)
+            shutil.rmtree(old, ignore_errors=True)
+
+
+OUTCOME_FILE = "batch_run.json"
+
+
+def _finished_outcome(run_dir: Path, fingerprint: str) -> dict[str, Any] | None:
+    """The recorded outcome of a run that finished with this configuration, else None."""
+    try:
+        record = json.loads((run_dir / OUTCOME_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(record, dict) or record.get("fingerprint") != fingerprint:
+        return None
+    return record if record.get("ok") is True else None
 
 
 def _collect(
@@ -339,61 +414,82 @@ def run_batch(
     runs_dir: str | Path = "papermill_runs",
     reports_dir: str | Path = "reports",
     log: Callable[[str], None] | None = None,
+    ray_address: str | None = None,
+    ship: bool = False,
+    rerun: bool = False,
 ) -> BatchResult:
     """Run every run of a batch file, up to ``workers`` at a time (default: the file's ``workers``,
     else 1) in separate processes, then write the comparison page
     ``<reports_dir>/<batch-name>/index.html`` and ``comparison.parquet``.
 
-    A failing run (a notebook raising, a worker process dying) is recorded with its error and does
-    not stop the others; check :attr:`BatchResult.ok`. The batch file is validated completely
-    before any run starts. ``log`` receives one line per run started/finished, and the run's own
-    log lines when it finishes.
+    ``ray_address``: each run is a Ray task instead (``"local"``: a Ray started on this machine;
+    else the cluster's address); at most ``workers`` at a time when given, else as many as the
+    cluster has CPUs. The run and report folders are written where the task runs, so on a
+    cluster ``runs_dir`` and ``reports_dir`` must be shared storage, unless ``ship``: then each
+    task works in a temporary folder of its node and returns its folders as an archive, which
+    is unpacked here.
+
+    Resume: a run that finished writes ``<runs_dir>/<run-id>/batch_run.json`` with its
+    configuration's fingerprint; running the batch again skips it (and reuses its outcome)
+    unless its configuration changed or ``rerun``. A failing run (a notebook raising, a worker
+    process dying) is recorded with its error and does not stop the others; check
+    :attr:`BatchResult.ok`. The batch file is validated completely before any run starts.
+    ``log`` receives one line per run queued, skipped and finished (``[k/n]``: the progress),
+    and the run's own log lines when it finishes.
     """
     batch = load_batch(path)
     count = batch.workers if workers is None else workers
     if isinstance(count, bool) or not isinstance(count, int) or count < 1:
         raise ConfigError(f"workers must be a positive integer (got {workers!r})")
     count = min(count, len(batch.runs))
-    runs_path, reports_path = Path(runs_dir), Path(reports_dir)
+    runs_path, reports_path = Path(runs_dir).resolve(), Path(reports_dir).resolve()
     say = log or (lambda _message: None)
-    say(f"batch {batch.name}: {len(batch.runs)} run(s), {count} at a time")
 
     outcomes: dict[str, Mapping[str, Any]] = {}
-    # spawn, not fork: the parent may hold threads (polars, numba) that a fork would copy mid-lock.
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=count, mp_context=context) as pool:
-        futures: dict[Future[dict[str, Any]], BatchRun] = {}
-        for run in batch.runs:
-            future = pool.submit(
-                _execute_run,
-                str(batch.base),
-                dict(run.overrides),
-                run.run_id,
-                str(runs_path.resolve()),
-                str(reports_path.resolve()),
-            )
-            futures[future] = run
-            say(f"[{run.run_id}] queued {json.dumps(dict(run.overrides), default=str)}")
-        for future in as_completed(futures):
-            run = futures[future]
-            try:
-                outcome = future.result()
-            except Exception as exc:  # a dead worker fails its run, not the batch
-                now = time.time()
-                outcome = {
-                    "ok": False,
-                    "error": f"worker process failed: {type(exc).__name__}: {exc}",
-                    "seconds": 0.0,
-                    "started": now,
-                    "finished": now,
-                    "pid": None,
-                    "log": [],
-                }
-            outcomes[run.run_id] = outcome
-            for line in outcome["log"]:
-                say(f"[{run.run_id}] {line}")
-            status = "done" if outcome["ok"] else f"FAILED: {outcome['error']}"
-            say(f"[{run.run_id}] {status} in {outcome['seconds']:.1f} s")
+    fingerprints = {
+        run.run_id: load_run_config(batch.base, run.overrides).fingerprint() for run in batch.runs
+    }
+    todo = []
+    for run in batch.runs:
+        previous = (
+            None if rerun else _finished_outcome(runs_path / run.run_id, fingerprints[run.run_id])
+        )
+        if previous is not None:
+            outcomes[run.run_id] = {**previous, "log": []}
+        else:
+            todo.append(run)
+    where = "Ray tasks" if ray_address is not None else f"{count} at a time"
+    say(
+        f"batch {batch.name}: {len(batch.runs)} run(s), {len(outcomes)} finished before, "
+        f"{len(todo)} to run ({where})"
+    )
+    for run in batch.runs:
+        if run.run_id in outcomes:
+            say(f"[{run.run_id}] finished before with this configuration: skipped")
+
+    def finish(run: BatchRun, outcome: dict[str, Any]) -> None:
+        archive = outcome.pop("archive", None)
+        if archive is not None:
+            _unpack(archive, run.run_id, runs_path, reports_path)
+        outcomes[run.run_id] = outcome
+        if outcome["ok"]:
+            record = {k: v for k, v in outcome.items() if k != "log"}
+            record["fingerprint"] = fingerprints[run.run_id]
+            write_text_atomic(runs_path / run.run_id / OUTCOME_FILE, json.dumps(record, indent=1))
+        for line in outcome["log"]:
+            say(f"[{run.run_id}] {line}")
+        status = "done" if outcome["ok"] else f"FAILED: {outcome['error']}"
+        say(
+            f"[{len(outcomes)}/{len(batch.runs)}] [{run.run_id}] {status} in "
+            f"{outcome['seconds']:.1f} s"
+        )
+
+    if todo and ray_address is not None:
+        _run_on_ray(
+            batch, todo, ray_address, workers, ship, rerun, runs_path, reports_path, say, finish
+        )
+    elif todo:
+        _run_in_processes(batch, todo, count, rerun, runs_path, reports_path, say, finish)
 
     results = tuple(
         _collect(run, outcomes[run.run_id], runs_path, reports_path) for run in batch.runs
@@ -410,6 +506,103 @@ def run_batch(
     failed = sum(not r.ok for r in results)
     say(f"batch {batch.name}: {len(results) - failed} ok, {failed} failed -> {index}")
     return BatchResult(batch.name, results, index, comparison)
+
+
+def _failed_outcome(why: str) -> dict[str, Any]:
+    now = time.time()
+    return {
+        "ok": False,
+        "error": why,
+        "seconds": 0.0,
+        "started": now,
+        "finished": now,
+        "pid": None,
+        "log": [],
+    }
+
+
+def _run_in_processes(
+    batch: Batch,
+    todo: Sequence[BatchRun],
+    count: int,
+    rerun: bool,
+    runs_path: Path,
+    reports_path: Path,
+    say: Callable[[str], None],
+    finish: Callable[[BatchRun, dict[str, Any]], None],
+) -> None:
+    # spawn, not fork: the parent may hold threads (polars, numba) that a fork would copy mid-lock.
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=min(count, len(todo)), mp_context=context) as pool:
+        futures: dict[Future[dict[str, Any]], BatchRun] = {}
+        for run in todo:
+            future = pool.submit(
+                _execute_run,
+                str(batch.base),
+                dict(run.overrides),
+                run.run_id,
+                str(runs_path),
+                str(reports_path),
+                rerun,
+            )
+            futures[future] = run
+            say(f"[{run.run_id}] queued {json.dumps(dict(run.overrides), default=str)}")
+        for future in as_completed(futures):
+            try:
+                outcome = future.result()
+            except Exception as exc:  # a dead worker fails its run, not the batch
+                outcome = _failed_outcome(f"worker process failed: {type(exc).__name__}: {exc}")
+            finish(futures[future], outcome)
+
+
+def _run_on_ray(
+    batch: Batch,
+    todo: Sequence[BatchRun],
+    address: str,
+    workers: int | None,
+    ship: bool,
+    rerun: bool,
+    runs_path: Path,
+    reports_path: Path,
+    say: Callable[[str], None],
+    finish: Callable[[BatchRun, dict[str, Any]], None],
+) -> None:
+    """Each run a Ray task (one CPU); at most ``workers`` in flight when given."""
+    from aiopt_lib.core.cluster import ray_session
+
+    limit = workers or len(todo)
+    with ray_session(address) as ray:
+        if ship:
+            task = ray.remote(num_cpus=1, max_retries=0)(_execute_and_ship)
+        else:
+            task = ray.remote(num_cpus=1, max_retries=0)(_execute_run)
+        waiting = list(todo)
+        running: dict[Any, BatchRun] = {}
+        while waiting or running:
+            while waiting and len(running) < limit:
+                run = waiting.pop(0)
+                if ship:
+                    ref = task.remote(str(batch.base), dict(run.overrides), run.run_id, rerun)
+                else:
+                    ref = task.remote(
+                        str(batch.base),
+                        dict(run.overrides),
+                        run.run_id,
+                        str(runs_path),
+                        str(reports_path),
+                        rerun,
+                    )
+                running[ref] = run
+                say(f"[{run.run_id}] queued on Ray {json.dumps(dict(run.overrides), default=str)}")
+            ready, _ = ray.wait(list(running), num_returns=1, timeout=1.0)
+            for ref in ready:
+                run = running.pop(ref)
+                try:
+                    outcome = ray.get(ref)
+                except ray.exceptions.RayError as exc:  # the task's worker or node died
+                    reason = " ".join(str(exc).split())[-300:]
+                    outcome = _failed_outcome(f"Ray task failed: {reason}")
+                finish(run, outcome)
 
 
 def _override_column(values: Sequence[Any]) -> pl.Series | list[str | None]:

@@ -8,7 +8,7 @@
                                     the labelled, schema-versioned sample dataset (Parquet, zstd)
     aiopt dataset images --dataset DIR [--mode folder|column]
                                     the chart image of every sample (resumable)
-    aiopt search --template NAME|FILE --out DIR [--storage URL] [--workers N]
+    aiopt search --template NAME|FILE --out DIR [--storage URL] [--workers N] [--ray [ADDRESS]]
                                     walk-forward Optuna search of a strategy template; writes the
                                     ranking (top 5 + DSR/PBO), the trials and the out-of-sample equity
     aiopt pine export --ranking FILE --out DIR [--version 5|6]
@@ -16,7 +16,9 @@
     aiopt pine check FILE.pine [--fix]
                                     syntax and semantic checks with line:column; exit 1 on errors
     aiopt run --config FILE         execute the notebooks of a run with papermill, render HTML reports
-    aiopt batch FILE [--workers N]  a grid or list of runs in parallel, and a comparison page
+    aiopt batch FILE [--workers N] [--ray [ADDRESS] [--ship]] [--rerun]
+                                    a grid or list of runs in parallel (processes or Ray tasks),
+                                    finished runs skipped, and a comparison page
     aiopt serve MODEL_DIR [...]     the saved signal models over HTTP (LitServe: /predict, /models,
                                     /health; dynamic batching; see aiopt serve --help)
     aiopt live --config FILE        paper-trade a ranked strategy in a nautilus_trader TradingNode
@@ -311,7 +313,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="Optuna storage URL (default sqlite:///OUT/optuna.db; postgresql://..., "
         "journal:///file.log); the same URL continues the studies",
     )
-    search.add_argument("--workers", type=int, default=1, help="worker processes on the study")
+    search.add_argument(
+        "--workers", type=int, default=1, help="worker processes (or Ray tasks) on the studies"
+    )
+    search.add_argument(
+        "--ray",
+        nargs="?",
+        const="local",
+        metavar="ADDRESS",
+        help="run the workers as Ray tasks: on a Ray started here (no ADDRESS) or on the cluster "
+        "at ADDRESS (auto, HOST:6379, ray://HOST:10001); share a PostgreSQL --storage",
+    )
     search.add_argument("--trials", type=int, help="trials per walk-forward fold")
     search.add_argument("--folds", type=int, help="walk-forward folds")
     search.add_argument("--walk-forward", choices=["rolling", "anchored"])
@@ -355,6 +367,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     batch.add_argument("--runs-dir", default="papermill_runs", help="where run folders go")
     batch.add_argument("--reports-dir", default="reports", help="where reports go")
+    batch.add_argument(
+        "--ray",
+        nargs="?",
+        const="local",
+        metavar="ADDRESS",
+        help="run each parameter set as a Ray task: on a Ray started here (no ADDRESS) or on the "
+        "cluster at ADDRESS (auto, HOST:6379, ray://HOST:10001)",
+    )
+    batch.add_argument(
+        "--ship",
+        action="store_true",
+        help="with --ray: each task works in its node's temporary folder and ships the run and "
+        "report folders back (no shared storage needed)",
+    )
+    batch.add_argument(
+        "--rerun", action="store_true", help="run every run again (default: skip finished runs)"
+    )
 
     serve = commands.add_parser(
         "serve",
@@ -636,6 +665,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
         predictions=predictions,
         workers=args.workers,
         progress=not args.no_progress,
+        ray_address=args.ray,
     )
     ranking = save_ranking(result, out / "ranking.json")
     write_search_outputs(result, out)
@@ -704,6 +734,9 @@ def _cmd_batch(args: argparse.Namespace) -> int:
         runs_dir=args.runs_dir,
         reports_dir=args.reports_dir,
         log=lambda message: print(message, file=sys.stderr, flush=True),
+        ray_address=args.ray,
+        ship=args.ship,
+        rerun=args.rerun,
     )
     for run in result.failed:
         print(f"run {run.run_id} failed: {run.error}", file=sys.stderr)

@@ -32,10 +32,12 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import json
+import logging
 import math
 import multiprocessing
 import os
 import signal
+import socket
 import sqlite3
 import sys
 import threading
@@ -90,6 +92,8 @@ OBJECTIVE_METRICS = (
     "max_drawdown",
 )
 _PRUNE_CHECKPOINTS = 3
+# seconds between a running trial's heartbeats on a database server (AIOPT_SEARCH_HEARTBEAT_S)
+HEARTBEAT_S = 10
 
 
 class _Frozen(BaseModel):
@@ -561,7 +565,16 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
         except OSError as exc:
             raise ConfigError(f"storage {shown!r}: {path}: {exc.strerror or exc}") from None
     if not url.startswith("sqlite:"):
-        return _rdb_storage(url, shown)
+        # a database server is shared by machines: a worker's trials carry heartbeats, and a
+        # trial whose heartbeat lapsed (its machine died) is failed and run again by the others
+        interval = int(os.environ.get("AIOPT_SEARCH_HEARTBEAT_S", HEARTBEAT_S))
+        return _rdb_storage(
+            url,
+            shown,
+            engine_kwargs={"pool_pre_ping": True},
+            heartbeat_interval=interval,
+            grace_period=3 * interval,
+        )
     path = Path(url.removeprefix("sqlite:///"))
     if not url.startswith("sqlite:///") or path.is_dir() or not path.name:
         raise ConfigError(
@@ -591,10 +604,32 @@ def _redacted(url: str) -> str:
 
 
 def _rdb_storage(
-    url: str, shown: str, engine_kwargs: dict[str, Any] | None = None
+    url: str,
+    shown: str,
+    engine_kwargs: dict[str, Any] | None = None,
+    heartbeat_interval: int | None = None,
+    grace_period: int | None = None,
 ) -> optuna.storages.RDBStorage:
+    import warnings
+
     try:
-        return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
+        for attempt in range(5):
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                    return optuna.storages.RDBStorage(
+                        url,
+                        engine_kwargs=engine_kwargs,
+                        heartbeat_interval=heartbeat_interval,
+                        grace_period=grace_period,
+                    )
+            except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError):
+                # workers starting together on an empty database all create Optuna's tables;
+                # PostgreSQL lets one win and fails the others: they find the tables next time
+                if attempt == 4:
+                    raise
+                time.sleep(0.2 * (attempt + 1))
+        raise AssertionError("unreachable")
     except ImportError:
         scheme = url.split("://", 1)[0]
         hint = {"postgresql": " (pip install 'psycopg[binary]')", "mysql": " (pip install pymysql)"}
@@ -651,10 +686,135 @@ def _study(
 
 
 _COUNTED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+_LIVE = (optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.WAITING)
+_WORKER_ATTR = "worker"  # "host:pid" of the process running a trial
+_SURPLUS_ATTR = "surplus"
+# A RUNNING trial of a worker on another machine, in a storage without heartbeats (the journal
+# file), is taken for dead after this long; on PostgreSQL the heartbeat decides within a minute.
+STALE_AFTER_S = 1800.0
+
+
+class _SurplusTrialError(Exception):
+    """This trial would be one too many: the study's other trials fill ``n_trials``."""
+
+
+def worker_identity() -> str:
+    """``host:pid`` of this search worker; ``AIOPT_WORKER_HOST`` names the machine when its host
+    name is not unique (containers) or to simulate machines in one."""
+    host = os.environ.get("AIOPT_WORKER_HOST") or socket.gethostname()
+    return f"{host}:{os.getpid()}"
+
+
+def _backend(study: optuna.Study) -> optuna.storages.BaseStorage:
+    storage = study._storage
+    return getattr(storage, "_backend", storage)  # create_study wraps an RDB in a cache
+
+
+def _count_trials(
+    study: optuna.Study, states: Sequence[optuna.trial.TrialState], below: int | None = None
+) -> int:
+    """Trials of ``study`` in ``states`` (with ``below``: created before trial id ``below``). On a
+    database one ``count(*)``: a worker asks before and after every trial."""
+    backend = _backend(study)
+    if isinstance(backend, optuna.storages.RDBStorage):
+        query = "SELECT count(*) FROM trials WHERE study_id = :study AND state IN :states"
+        values: dict[str, Any] = {"study": study._study_id, "states": [s.name for s in states]}
+        if below is not None:
+            query += " AND trial_id < :below"
+            values["below"] = below
+        statement = sqlalchemy.text(query).bindparams(
+            sqlalchemy.bindparam("states", expanding=True)
+        )
+        with backend.engine.connect() as connection:
+            return int(connection.execute(statement, values).scalar_one())
+    trials = study._storage.get_all_trials(study._study_id, deepcopy=False, states=tuple(states))
+    return sum(1 for t in trials if below is None or t._trial_id < below)
 
 
 def _done(study: optuna.Study) -> int:
-    return len(study.get_trials(deepcopy=False, states=_COUNTED))
+    return _count_trials(study, _COUNTED)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def fail_dead_trials(study: optuna.Study, now: dt.datetime | None = None) -> int:
+    """Mark the RUNNING trials of dead workers FAIL, so that their slots are run again: a worker
+    of this machine whose process is gone, a trial whose heartbeat lapsed (PostgreSQL and other
+    database servers), or, in a storage without heartbeats, another machine's trial older than
+    :data:`STALE_AFTER_S`. Returns how many were failed."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
+    heartbeat = getattr(_backend(study), "get_heartbeat_interval", lambda: None)() is not None
+    host = worker_identity().rpartition(":")[0]
+    now = now or dt.datetime.now()
+    failed = 0
+    running = (optuna.trial.TrialState.RUNNING,)
+    for trial in study._storage.get_all_trials(study._study_id, deepcopy=False, states=running):
+        owner, _, pid = str(trial.user_attrs.get(_WORKER_ATTR, "")).rpartition(":")
+        if owner == host and pid.isdigit():
+            dead = not _alive(int(pid))
+        else:
+            started = trial.datetime_start or now
+            dead = not heartbeat and (now - started).total_seconds() > STALE_AFTER_S
+        if not dead:
+            continue
+        with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
+            if study._storage.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.FAIL):
+                failed += 1
+    return failed
+
+
+def _exactly(
+    objective: Callable[[optuna.Trial], Any], study: optuna.Study, n_trials: int
+) -> Callable[[optuna.Trial], Any]:
+    """``objective`` keeping the study at exactly ``n_trials`` however many workers share it: a
+    trial counts only if fewer than ``n_trials`` trials created before it are running or done;
+    otherwise it ends FAIL (marked ``surplus``) before its backtest or, when it lost a race,
+    after it. The checks read the storage, so workers on other machines are counted too."""
+    identity = worker_identity()
+
+    def claim(trial: optuna.Trial) -> None:
+        ahead = _count_trials(study, _COUNTED + _LIVE, below=trial._trial_id)
+        if ahead >= n_trials:
+            trial.set_user_attr(_SURPLUS_ATTR, True)
+            raise _SurplusTrialError(f"{ahead} trials before this one fill the study")
+
+    def run(trial: optuna.Trial) -> Any:
+        trial.set_user_attr(_WORKER_ATTR, identity)
+        claim(trial)
+        try:
+            value = objective(trial)
+        except optuna.TrialPruned:
+            claim(trial)
+            raise
+        claim(trial)
+        return value
+
+    return run
+
+
+class _SurplusFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "_SurplusTrialError" not in record.getMessage()
+
+
+def _quiet_surplus_trials() -> None:
+    """Optuna warns about every trial that ends FAIL; a surplus trial is no failure."""
+    # on the handlers: a logger's own filters do not see its children's records
+    for handler in logging.getLogger("optuna").handlers:
+        if not any(isinstance(f, _SurplusFilter) for f in handler.filters):
+            handler.addFilter(_SurplusFilter())
 
 
 def _optimise_folds(
@@ -666,43 +826,60 @@ def _optimise_folds(
     worker: int,
     progress: Callable[[int], None] | None,
     ready: Any = None,
-    shared: bool = False,
     stop: Any = None,
 ) -> None:
-    """One worker: every fold's study in turn, until each has ``n_trials`` trials. With
-    ``ready`` (a multiprocessing barrier) the workers start together once each has loaded; once
-    ``stop`` (an event) is set, the worker ends after its running trial."""
+    """One worker: every fold's study in turn, until each has exactly ``n_trials`` trials,
+    whichever workers (here or on other machines) run them. With ``ready`` (a multiprocessing
+    barrier) the workers start together once each has loaded; once ``stop`` (anything with
+    ``is_set()``) is set, the worker ends after its running trial."""
+    import warnings
+
+    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeats
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    _quiet_surplus_trials()
     evaluator = TrialEvaluator(bars, template, predictions)
     storage = open_storage(storage_url)
     if ready is not None:
         evaluator.backtest(template.spec.params)  # compile and cache before the start
         ready.wait(timeout=300)
     started = time.monotonic()
+
+    def stopped() -> bool:
+        return stop is not None and stop.is_set()
+
+    def after_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        if trial.state in _COUNTED and progress is not None:
+            progress(1)
+        if trial.user_attrs.get(_SURPLUS_ATTR) or stopped():
+            study.stop()
+
     for fold in walk_forward_folds(evaluator.bars, config):
-        if stop is not None and stop.is_set():
-            return
         study = _study(storage, config, fold.index, worker)
-        remaining = config.n_trials - _done(study)
-        if remaining <= 0:
-            continue
-        callbacks: list[Callable[..., None]] = []
-        if stop is not None:
-            callbacks.append(lambda study, _trial: study.stop() if stop.is_set() else None)
-        if shared:  # other workers add trials too: stop when the study has them all
-            callbacks.append(optuna.study.MaxTrialsCallback(config.n_trials, states=_COUNTED))
-        if progress is not None:
-            callbacks.append(lambda _study, _trial: progress(1))
-        timeout = None
-        if config.timeout_s is not None:
-            timeout = max(config.timeout_s - (time.monotonic() - started), 0.001)
-        study.optimize(
-            _objective_fn(evaluator, fold, config),
-            n_trials=remaining,
-            timeout=timeout,
-            callbacks=callbacks,
-            gc_after_trial=False,
-        )
+        objective = _exactly(_objective_fn(evaluator, fold, config), study, config.n_trials)
+        while not stopped():
+            fail_dead_trials(study)
+            done = _done(study)
+            if done >= config.n_trials:
+                break
+            live = _count_trials(study, _LIVE)
+            if done + live >= config.n_trials:
+                time.sleep(0.2)  # the last trials run elsewhere; if their worker dies, rerun them
+                continue
+            timeout = None
+            if config.timeout_s is not None:
+                timeout = max(config.timeout_s - (time.monotonic() - started), 0.001)
+            study.optimize(
+                objective,
+                n_trials=config.n_trials - done - live,
+                timeout=timeout,
+                callbacks=[after_trial],
+                gc_after_trial=False,
+                catch=(_SurplusTrialError,),
+            )
+            if timeout is not None and time.monotonic() - started >= config.timeout_s:
+                break  # out of time: the next fold gets its one trial, as a single study would
+        if stopped():
+            return
 
 
 def _worker_main(
@@ -730,7 +907,6 @@ def _worker_main(
         worker,
         None,
         ready,
-        True,
         stop,
     )
 
@@ -752,9 +928,14 @@ def optimise(
     predictions: pl.DataFrame | None = None,
     workers: int = 1,
     progress: bool = True,
+    ray_address: str | None = None,
 ) -> None:
-    """Run the fold studies in ``storage_url`` up to ``config.n_trials`` trials each, in
-    ``workers`` processes (1: this process). A progress bar counts trials when ``progress``."""
+    """Run the fold studies in ``storage_url`` up to exactly ``config.n_trials`` trials each, in
+    ``workers`` processes (1: this process), or as ``workers`` Ray tasks when ``ray_address`` is
+    given (``"local"``: Ray started on this machine; else the cluster's address; the storage
+    must then be reachable from every node: PostgreSQL, or a file on shared storage). Other
+    workers on other machines may share the studies; together they stop at ``n_trials``. A
+    progress bar counts trials when ``progress``."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     bars = ensure_bars(bars)
     folds = walk_forward_folds(bars, config)
@@ -770,7 +951,12 @@ def optimise(
     bar = _progress_bar(total, done(), config.study_name) if progress else None
     stop = threading.Event()
     try:
-        if workers <= 1:
+        if ray_address is not None:
+            _run_ray_workers(
+                bars, template, config, storage_url, predictions, workers, stop, bar, done,
+                ray_address,
+            )  # fmt: skip
+        elif workers <= 1:
             with _stop_on_interrupt(stop):
                 _optimise_folds(
                     bars,
@@ -836,6 +1022,113 @@ def _run_workers(
     failed = [p.exitcode for p in processes if p.exitcode != 0]
     if failed:
         raise RuntimeError(f"{len(failed)} search worker(s) failed (exit codes {failed})")
+
+
+class _RayStopFlag:
+    """The driver's "stop after the running trial", read by Ray tasks (a Ray actor)."""
+
+    def __init__(self) -> None:
+        self.value = False
+
+    def set(self) -> None:
+        self.value = True
+
+    def is_set(self) -> bool:
+        return self.value
+
+
+class _PolledFlag:
+    """``is_set()`` of a remote :class:`_RayStopFlag`, asked at most every ``every`` seconds."""
+
+    def __init__(self, actor: Any, every: float = 0.5) -> None:
+        self.actor, self.every, self.asked, self.value = actor, every, 0.0, False
+
+    def is_set(self) -> bool:
+        if not self.value and time.monotonic() - self.asked >= self.every:
+            import ray
+
+            self.asked = time.monotonic()
+            self.value = bool(ray.get(self.actor.is_set.remote()))
+        return self.value
+
+
+def _ray_worker(
+    bars_ipc: bytes,
+    template_json: str,
+    config_json: str,
+    storage_url: str,
+    predictions_ipc: bytes | None,
+    worker: int,
+    stop_actor: Any,
+) -> str:
+    """A Ray task: one search worker (:func:`_optimise_folds`) on this node; returns its
+    ``host:pid``."""
+    import io
+
+    bars = pl.read_ipc(io.BytesIO(bars_ipc))
+    predictions = pl.read_ipc(io.BytesIO(predictions_ipc)) if predictions_ipc else None
+    _optimise_folds(
+        bars,
+        SearchTemplate.model_validate_json(template_json),
+        SearchConfig.model_validate_json(config_json),
+        storage_url,
+        predictions,
+        worker,
+        None,
+        stop=_PolledFlag(stop_actor),
+    )
+    return worker_identity()
+
+
+def _run_ray_workers(
+    bars: pl.DataFrame,
+    template: SearchTemplate,
+    config: SearchConfig,
+    storage_url: str,
+    predictions: pl.DataFrame | None,
+    workers: int,
+    stop: threading.Event,
+    bar: Any,
+    done: Callable[[], int],
+    address: str,
+) -> list[str]:
+    """``workers`` Ray tasks on the studies (one CPU each); returns their ``host:pid``."""
+    from aiopt_lib.core.cluster import ray_session
+
+    if storage_url.startswith(("sqlite:", "journal:")) and address not in ("", "local"):
+        print(
+            f"aiopt: {_redacted(storage_url)} is a file: every Ray node must see it at that path "
+            "(shared storage); a PostgreSQL URL needs no shared folder",
+            file=sys.stderr,
+        )
+    with ray_session(address) as ray:
+        flag = ray.remote(num_cpus=0)(_RayStopFlag).remote()
+        task = ray.remote(num_cpus=1, max_retries=0)(_ray_worker)
+        arguments = (
+            ray.put(_ipc(bars)),
+            template.model_dump_json(),
+            config.model_dump_json(),
+            storage_url,
+            ray.put(_ipc(predictions)) if predictions is not None else None,
+        )
+        pending = [task.remote(*arguments, w, flag) for w in range(max(workers, 1))]
+        finished, errors = [], []
+        with _stop_on_interrupt(stop):
+            while pending:
+                ready, pending = ray.wait(pending, timeout=0.5)
+                for ref in ready:
+                    try:
+                        finished.append(ray.get(ref))
+                    except ray.exceptions.RayError as exc:
+                        errors.append(" ".join(str(exc).split())[-300:])
+                if stop.is_set():
+                    ray.get(flag.set.remote())
+                if bar is not None:
+                    bar.n = done()
+                    bar.refresh()
+        if errors:
+            raise RuntimeError(f"{len(errors)} Ray search worker(s) failed: {errors[0]}")
+        return finished
 
 
 @contextlib.contextmanager
@@ -1244,12 +1537,14 @@ def run_search(
     predictions: pl.DataFrame | None = None,
     workers: int = 1,
     progress: bool = True,
+    ray_address: str | None = None,
 ) -> SearchResult:
     """Walk-forward Optuna search of ``template`` on ``bars`` (module docstring), then the ranking.
 
     ``storage`` an Optuna storage URL (default ``sqlite:///<run_dir>/optuna.db``; an in-memory
     search is not offered because the studies are the record of the search). Running again with
-    the same storage continues each fold's study up to ``config.n_trials``.
+    the same storage continues each fold's study up to ``config.n_trials``. ``workers`` and
+    ``ray_address``: see :func:`optimise`.
     """
     config = config or SearchConfig()
     all_bars = ensure_bars(bars)
@@ -1275,6 +1570,7 @@ def run_search(
         predictions=predictions,
         workers=workers,
         progress=progress,
+        ray_address=ray_address,
     )
     evaluator = TrialEvaluator(bars, template, predictions)
     folds = walk_forward_folds(evaluator.bars, config)
