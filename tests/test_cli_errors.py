@@ -162,6 +162,13 @@ def test_bad_storage_urls(tmp_path, capsys, storage, expected) -> None:
     assert "secret" not in line  # passwords never reach the terminal or a log
 
 
+def test_a_corrupt_journal_in_the_out_folder(tmp_path, capsys) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "optuna.log").write_bytes(b"garbage\x00 not json\n")
+    one_line_error(capsys, _search(out), str(out / "optuna.log"), "not an Optuna journal file")
+
+
 def test_a_corrupt_optuna_db_in_the_out_folder(tmp_path, capsys) -> None:
     out = tmp_path / "out"
     out.mkdir()
@@ -256,7 +263,8 @@ def _trial_states(db: Path) -> dict[str, int]:
 @pytest.mark.parametrize("workers", [1, 2])
 def test_ctrl_c_during_search_keeps_a_clean_resumable_study(tmp_path, workers) -> None:
     out = tmp_path / "out"
-    argv = _search(out, "--workers", str(workers))
+    # an SQLite file (read here while the search runs); the rerun below finds it by itself
+    argv = _search(out, "--workers", str(workers), "--storage", f"sqlite:///{out / 'optuna.db'}")
     argv[argv.index("--trials") + 1] = "5000"  # far more than the test waits for
     command = [sys.executable, "-m", "aiopt_lib.runs.cli", *argv]
     # its own process group, as a terminal's foreground job: Ctrl-C reaches every process in it

@@ -28,6 +28,7 @@ from aiopt_lib.strategy.search import (
     builtin_template_names,
     load_template,
     load_trials,
+    open_storage,
     ranking_document,
     run_search,
     save_ranking,
@@ -142,11 +143,14 @@ def test_window_metrics_equal_the_metrics_of_the_slice(bars, template):
 
 def test_search_writes_studies_and_scores_out_of_sample(searched, bars, template):
     result, run_dir = searched
-    assert (run_dir / "optuna.db").exists()
+    assert (run_dir / "optuna.log").exists()  # the default: Optuna's journal file
+    assert result.storage == f"journal://{run_dir.resolve() / 'optuna.log'}"
     folds = walk_forward_folds(bars, SMALL)
     storage = result.storage
     for fold in folds:
-        study = optuna.load_study(study_name=f"aiopt-fold{fold.index}", storage=storage)
+        study = optuna.load_study(
+            study_name=f"aiopt-fold{fold.index}", storage=open_storage(storage)
+        )
         states = [t.state for t in study.trials]
         counted = [
             s
@@ -233,7 +237,7 @@ def test_rerunning_continues_the_same_studies(bars, template, tmp_path):
     )
     storage = more.storage
     for fold in range(2):
-        study = optuna.load_study(study_name=f"aiopt-fold{fold}", storage=storage)
+        study = optuna.load_study(study_name=f"aiopt-fold{fold}", storage=open_storage(storage))
         assert len(study.trials) == 9
 
 
@@ -247,7 +251,7 @@ def test_same_seed_same_trials(bars, template, tmp_path):
 def test_constraint_violations_are_pruned_not_scored(bars, template, tmp_path):
     config = SearchConfig(n_trials=25, n_folds=1, min_trades=1, seed=0, pruner="none")
     result = run_search(bars, template, config, run_dir=tmp_path, progress=False)
-    study = optuna.load_study(study_name="aiopt-fold0", storage=result.storage)
+    study = optuna.load_study(study_name="aiopt-fold0", storage=open_storage(result.storage))
     for trial in study.trials:
         feasible = trial.params["fast"] < trial.params["slow"]
         if not feasible:
@@ -262,7 +266,7 @@ def test_multi_objective_search_picks_from_the_pareto_front(bars, template, tmp_
         n_trials=12, n_folds=1, min_trades=1, objective=["total_return", "max_drawdown"]
     )
     result = run_search(bars, template, config, run_dir=tmp_path, progress=False)
-    study = optuna.load_study(study_name="aiopt-fold0", storage=result.storage)
+    study = optuna.load_study(study_name="aiopt-fold0", storage=open_storage(result.storage))
     assert [d.name for d in study.directions] == ["MAXIMIZE", "MINIMIZE"]
     front = {json.dumps(t.params, sort_keys=True) for t in study.best_trials}
     picked = json.loads(result.folds.get_column("params")[0])
@@ -288,7 +292,7 @@ def test_cli_search_with_two_worker_processes_on_one_storage(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "ranking:" in printed
     assert (tmp_path / "out" / "ranking.json").exists()
-    assert not (tmp_path / "out" / "optuna.db").exists()  # the given storage was used
+    assert not (tmp_path / "out" / "optuna.log").exists()  # the given storage was used
     pids = set()
     for fold in range(2):
         study = optuna.load_study(study_name=f"aiopt-fold{fold}", storage=storage)
@@ -325,7 +329,7 @@ def test_search_result_numbers_are_finite_where_defined(searched):
 def test_the_median_pruner_stops_trials_on_partial_training_scores(bars, template, tmp_path):
     config = SearchConfig(n_trials=40, n_folds=1, min_trades=1, seed=0, pruner="median")
     result = run_search(bars, template, config, run_dir=tmp_path, progress=False)
-    study = optuna.load_study(study_name="aiopt-fold0", storage=result.storage)
+    study = optuna.load_study(study_name="aiopt-fold0", storage=open_storage(result.storage))
     pruned = [t for t in study.trials if t.user_attrs.get("pruned_because") == "pruner"]
     assert pruned, "the median rule pruned nothing in 40 trials"
     # Optuna's rule: the trial's best score so far is below the median of the completed

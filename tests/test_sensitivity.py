@@ -73,7 +73,7 @@ def test_study_trials_reads_every_fold_with_picks_and_ranks(searched) -> None:
 def test_study_trials_takes_the_ranking_file(searched) -> None:
     result, run_dir = searched
     path = search.save_ranking(result, run_dir / "ranking.json")
-    from_file = study_trials(f"sqlite:///{run_dir / 'optuna.db'}", "sens", top=load_ranking(path))
+    from_file = study_trials(f"journal:///{run_dir / 'optuna.log'}", "sens", top=load_ranking(path))
     in_memory = study_trials(result.storage, "sens", top=result.top)
     assert from_file["rank"].to_list() == in_memory["rank"].to_list()
     with pytest.raises(ValueError, match="no study nope-fold"):

@@ -62,6 +62,34 @@ generator seeded by ``(seed, step)``: each pick is a present pattern or an absen
 chance (when the sample has both), so that rare patterns are not drowned by "no", and the cost
 of a step grows by at most that many short prompts per sample. The training loss is the mean
 over all answer tokens of the batch; the validation loss and accuracy stay those of the signal.
+
+Data-parallel fine-tuning
+-------------------------
+``fit`` runs unchanged in a plain process. In processes started by ``torchrun`` or ``accelerate
+launch``, each calling ``fit`` with the same samples and settings
+(:mod:`aiopt_lib.models.distributed` is that job, ready-made: ``python -m
+aiopt_lib.models.distributed --nproc 4 finetune.yaml``), it trains data-parallel through an
+:class:`accelerate.Accelerator` (:func:`make_accelerator`): DDP over nccl with one GPU per process
+(``cuda:LOCAL_RANK``), or over gloo between CPU processes. ``VlmTrainConfig.batch_size`` stays the
+GLOBAL batch: every process draws the same permutation, cuts each global batch into ``P x
+gradient_accumulation_steps`` contiguous micro-batches (:func:`shard_rows`) and runs its own
+``gradient_accumulation_steps`` of them (``accelerator.accumulate``: gradients are all-reduced once
+per step); the pattern questions are drawn for the whole global batch and follow their sample. The
+step follows the mean over ALL the global batch's answer tokens: each micro-batch's loss is
+weighted by its share of the tokens (one all-reduce of the counts), so DDP's average and the
+accumulation give the gradient that one process computes on the whole batch, however uneven the
+shards (an empty micro-batch, in a short last batch, runs at weight 0 to keep DDP in step). The
+logged loss is that global mean; validation is sharded by batch and summed across processes. So a
+P-process curve equals the one-process curve to float rounding (about 1e-7 relative on the tiny
+test model), and so does accumulation in one process. Only the main process shows progress, writes
+metrics and checkpoints (between barriers) and, in :meth:`~VisionLanguageSignalModel.save`, the
+model. A checkpoint holds nothing of one process (the unwrapped adapter, optimizer and scheduler
+state, step, history): it resumes under another process count with the same global batch and
+continues the same curve. LoRA dropout draws its masks from each process's own generator (processes
+other than the first are seeded from ``(seed, rank, step)``), so with dropout a P-process run
+matches one process in distribution, not bit for bit; ``lora_dropout=0`` makes them equal. In one
+process without accumulation every weight is 1 and nothing is reduced: the numbers are exactly
+those of the plain loop.
 """
 
 from __future__ import annotations
@@ -161,6 +189,10 @@ class VlmTrainConfig:
     ``keep_checkpoints`` are kept); ``resume`` continues from the latest one there.
     ``pattern_questions_per_sample``: pattern questions added per sample and step when the model's
     ``pattern_question`` is on and the sample set has ``pat_*`` columns (see the module docstring).
+    ``batch_size`` is the GLOBAL batch of one optimizer step: under ``torchrun`` /
+    ``accelerate launch`` with ``P`` processes each process takes its share of it, in
+    ``gradient_accumulation_steps`` micro-batches (micro-batch = batch / (P x accumulation)), so
+    the same settings give the same steps on 1 or 8 GPUs (see "Data-parallel fine-tuning").
     """
 
     epochs: int = 1
@@ -183,6 +215,7 @@ class VlmTrainConfig:
     seed: int = 0
     run_id: str = "vlm"
     pattern_questions_per_sample: int = 1
+    gradient_accumulation_steps: int = 1
 
 
 def language_lora_targets(model: Any, pattern: str = LANGUAGE_PROJECTION_PATTERN) -> list[str]:
@@ -361,6 +394,63 @@ def _device_memory_mb() -> float | None:
     return None
 
 
+def launched_processes() -> tuple[int, int]:
+    """``(processes, local rank)`` as the launcher set them: ``torchrun`` and ``accelerate
+    launch`` export ``WORLD_SIZE`` and ``LOCAL_RANK`` to each process they start; a plain
+    process is ``(1, 0)``. Read before anything is loaded, to put a process on its own GPU."""
+    import os
+
+    return int(os.environ.get("WORLD_SIZE") or 1), int(os.environ.get("LOCAL_RANK") or 0)
+
+
+def make_accelerator(device: Any, gradient_accumulation_steps: int = 1) -> Any:
+    """The :class:`accelerate.Accelerator` of a fit on ``device``: it finds the launcher's
+    process group (gloo for CPU processes, nccl for GPUs) or runs as one plain process.
+
+    Weights are placed by the model itself (``device_placement=False``) and stay in the dtype
+    it chose (``mixed_precision="no"``: bf16 weights on CUDA already; autocast on top would
+    change the numbers). ``cpu=True`` only in a launched CPU run: it is what makes accelerate
+    start gloo processes, and in a plain process it would pin the shared state to the CPU."""
+    from accelerate import Accelerator
+    from accelerate.utils import InitProcessGroupKwargs
+
+    processes, _ = launched_processes()
+    cpu = processes > 1 and device.type == "cpu"
+    handlers = [InitProcessGroupKwargs(backend="gloo" if cpu else "nccl")] if processes > 1 else []
+    return Accelerator(
+        cpu=cpu,
+        device_placement=False,
+        mixed_precision="no",
+        gradient_accumulation_steps=gradient_accumulation_steps,
+        kwargs_handlers=handlers,
+    )
+
+
+def _distributed_run() -> bool:
+    """Whether this process is one of several in an initialised process group."""
+    import torch
+
+    return (
+        torch.distributed.is_available()
+        and torch.distributed.is_initialized()
+        and torch.distributed.get_world_size() > 1
+    )
+
+
+def answer_token_count(labels: Any) -> int:
+    """The tokens a causal-LM loss averages over in a batch: label positions other than -100,
+    after the one-token shift (the first column never has a target)."""
+    return int((labels[:, 1:] != -100).sum())
+
+
+def shard_rows(n: int, shards: int, index: int) -> np.ndarray:
+    """Rows ``0..n-1`` of a global batch cut in ``shards`` contiguous parts (sizes differ by
+    at most one; trailing parts may be empty): part ``index``. Process ``r`` of ``P`` with
+    ``A`` accumulation steps takes parts ``r*A .. r*A + A - 1``, so together the processes
+    see exactly the global batch that one process would."""
+    return np.array_split(np.arange(n), shards)[index]
+
+
 class VisionLanguageSignalModel:
     """A transformers vision-language model as a :class:`aiopt_lib.models.base.SignalModel`.
 
@@ -421,10 +511,15 @@ class VisionLanguageSignalModel:
 
     @property
     def device(self) -> Any:
-        """The torch device the model runs on."""
+        """The torch device the model runs on. Under a launcher with several processes, CUDA
+        means this process's own GPU, ``cuda:LOCAL_RANK``."""
         import torch
 
-        return torch.device(self._device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        wanted = self._device or ("cuda" if torch.cuda.is_available() else "cpu")
+        processes, local_rank = launched_processes()
+        if wanted == "cuda" and processes > 1:
+            wanted = f"cuda:{local_rank}"
+        return torch.device(wanted)
 
     @property
     def torch_dtype(self) -> Any:
@@ -695,15 +790,22 @@ class VisionLanguageSignalModel:
         self.has_adapter = True
         return model
 
-    def _evaluate(self, model: Any, samples: SampleSet) -> tuple[float, float]:
-        """Mean answer loss and label accuracy, from the same forward passes."""
+    def _evaluate(
+        self, model: Any, samples: SampleSet, accelerator: Any = None
+    ) -> tuple[float, float]:
+        """Mean answer loss and label accuracy, from the same forward passes. With several
+        processes each takes every P-th batch of ``batch_size`` (the same batches as one
+        process, so the same per-batch numbers) and the sums are added across processes."""
         import torch
 
         model.eval()
         losses, correct = [], 0
         token_ids = list(self.label_tokens.token_ids)
+        processes = accelerator.num_processes if accelerator is not None else 1
+        rank = accelerator.process_index if accelerator is not None else 0
         with torch.no_grad():
-            for start in range(0, len(samples), self.batch_size):
+            starts = range(0, len(samples), self.batch_size)
+            for start in starts[rank::processes]:
                 part = samples.take(np.arange(start, min(start + self.batch_size, len(samples))))
                 inputs = self._training_batch(part)
                 positions = inputs.pop("_label_positions")
@@ -712,20 +814,38 @@ class VisionLanguageSignalModel:
                 rows = torch.arange(len(part), device=out.logits.device)
                 scores = out.logits[rows, torch.tensor(positions, device=rows.device)][:, token_ids]
                 correct += int((scores.argmax(-1).cpu().numpy() == part.labels).sum())
+        if processes > 1:
+            sums = torch.tensor(
+                [sum(losses), float(correct)], dtype=torch.float64, device=accelerator.device
+            )
+            total, hits = accelerator.reduce(sums, reduction="sum").tolist()
+            return total / len(samples), hits / len(samples)
         return sum(losses) / len(samples), correct / len(samples)
 
     def fit(self, train: SampleSet, valid: SampleSet) -> FitReport:
         """Fine-tune LoRA adapters on ``train`` (see the module docstring); evaluate answer loss
-        and accuracy on ``valid`` after each epoch. Rows without a label are skipped."""
+        and accuracy on ``valid`` after each epoch. Rows without a label are skipped.
+
+        In a plain process this is one process's training; started by ``torchrun`` or
+        ``accelerate launch`` (every process calling ``fit`` with the same data and settings) it
+        trains data-parallel: see "Data-parallel fine-tuning" in the module docstring."""
         import torch
         from tqdm.auto import tqdm
 
         started = time.perf_counter()
         config = self.train_config
+        accumulation = config.gradient_accumulation_steps
+        if not isinstance(accumulation, int) or accumulation < 1:
+            raise ConfigError(
+                f"gradient_accumulation_steps must be an int >= 1, got {accumulation}"
+            )
         train = train.take(np.flatnonzero(train.labels >= 0))
         valid = valid.take(np.flatnonzero(valid.labels >= 0))
         if len(train) == 0:
             raise DataError("no labelled training samples")
+        accelerator = make_accelerator(self.device, accumulation)
+        processes, rank = accelerator.num_processes, accelerator.process_index
+        main = accelerator.is_main_process
         torch.manual_seed(config.seed)
         model = self._peft_model()
         checkpointing = config.gradient_checkpointing
@@ -741,6 +861,8 @@ class VisionLanguageSignalModel:
             trainable, lr=config.learning_rate, weight_decay=config.weight_decay
         )
         warmup = max(config.warmup_steps, 0)
+        # Not given to accelerator.prepare: its scheduler wrapper steps once per process per
+        # optimizer step, which would make the warm-up depend on the process count.
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda step: min(1.0, (step + 1) / warmup) if warmup else 1.0
         )
@@ -749,7 +871,13 @@ class VisionLanguageSignalModel:
         step, history = 0, []
         if config.resume and config.checkpoint_dir is not None:
             step, history = _resume(Path(config.checkpoint_dir), model, optimizer, scheduler)
-        bar = tqdm(total=total, initial=step, disable=not self.progress, desc="vlm lora")
+        if rank:  # LoRA dropout: each process its own masks (rank 0 keeps the one-process RNG)
+            torch.manual_seed(
+                int(np.random.SeedSequence([config.seed, rank, step]).generate_state(1)[0])
+            )
+        # DDP around the model (gradients averaged across processes); as is in one process
+        wrapped, prepared_optimizer = accelerator.prepare(model, optimizer)
+        bar = tqdm(total=total, initial=step, disable=not (self.progress and main), desc="vlm lora")
         best_epoch, best_loss = None, None
         for row in history:
             if row["split"] == "valid" and (best_loss is None or row["loss"] < best_loss):
@@ -757,26 +885,22 @@ class VisionLanguageSignalModel:
         while step < total:
             epoch, offset = divmod(step, per_epoch)
             order = np.random.default_rng(config.seed + epoch).permutation(len(train))
-            model.train()
+            wrapped.train()
             batch_idx = order[offset * config.batch_size : (offset + 1) * config.batch_size]
             tick = time.perf_counter()
             part = train.take(batch_idx)
-            questions = self._pattern_questions(part, step)
-            inputs = self._training_batch(part, questions)
-            inputs.pop("_label_positions")
-            loss = model(**inputs, use_cache=False).loss
-            loss.backward()
+            loss = self._train_step(accelerator, wrapped, part, self._pattern_questions(part, step))
             grad_norm = float(torch.nn.utils.clip_grad_norm_(trainable, config.max_grad_norm))
             learning_rate = float(scheduler.get_last_lr()[0])
-            optimizer.step()
+            prepared_optimizer.step()
             scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
+            prepared_optimizer.zero_grad(set_to_none=True)
             step += 1
             record = {
                 "step": step,
                 "epoch": epoch,
                 "split": "train",
-                "loss": float(loss.detach()),
+                "loss": loss,
                 "learning_rate": learning_rate,
                 "grad_norm": grad_norm,
                 "samples_per_s": len(batch_idx) / (time.perf_counter() - tick),
@@ -784,38 +908,102 @@ class VisionLanguageSignalModel:
                 "gpu_memory_mb": _device_memory_mb(),
             }
             history.append(record)
-            self._log(record)
+            if main:
+                self._log(record)
             bar.update(1)
             bar.set_postfix(loss=f"{record['loss']:.4f}")
             if (step % per_epoch == 0 or step == total) and len(valid):
-                valid_loss, accuracy = self._evaluate(model, valid)
+                valid_loss, accuracy = self._evaluate(model, valid, accelerator)
                 record = {**record, "split": "valid", "loss": valid_loss}
                 record.update(val_accuracy=accuracy, samples_per_s=None, grad_norm=None)
                 history.append(record)
-                self._log(record)
+                if main:
+                    self._log(record)
                 if best_loss is None or valid_loss < best_loss:
                     best_epoch, best_loss = epoch, valid_loss
             due = config.checkpoint_every and (step % config.checkpoint_every == 0 or step == total)
             if due and config.checkpoint_dir is not None:
-                _save_checkpoint(
-                    Path(config.checkpoint_dir),
-                    step,
-                    model,
-                    optimizer,
-                    scheduler,
-                    history,
-                    config.keep_checkpoints,
-                )
+                accelerator.wait_for_everyone()
+                if main:  # the state is the same in every process: written once
+                    _save_checkpoint(
+                        Path(config.checkpoint_dir),
+                        step,
+                        model,
+                        optimizer,
+                        scheduler,
+                        history,
+                        config.keep_checkpoints,
+                        processes=processes,
+                    )
+                accelerator.wait_for_everyone()
         bar.close()
+        del wrapped, prepared_optimizer  # DDP lets go of the model's gradient hooks
+        accelerator.free_memory()
         if checkpointing:
             model.gradient_checkpointing_disable()
         model.eval()
         if config.merge:
             self.merge()
-        if self.metrics is not None:
+        if self.metrics is not None and main:
             self.metrics.flush()
         frame = pl.DataFrame(history, schema=_HISTORY_SCHEMA)
         return FitReport(frame, best_epoch, best_loss, time.perf_counter() - started)
+
+    def _train_step(
+        self,
+        accelerator: Any,
+        model: Any,
+        part: SampleSet,
+        questions: Sequence[tuple[int, int, bool]],
+    ) -> float:
+        """Forward and backward passes of one global batch ``part`` (with its pattern
+        ``questions``) in this process's micro-batches; the gradients are left summed for the
+        optimizer step. Returns the loss of the whole global batch, as one process computes it.
+
+        The model's loss is the mean over a micro-batch's answer tokens, but the step must
+        follow the mean over ALL the global batch's tokens, wherever they were computed: each
+        micro-batch's loss is weighted by its token count over the global count (one all-reduce)
+        times ``P x A``, which undoes the division of DDP (by ``P``) and of
+        ``accelerator.backward`` (by ``A``). In one process without accumulation the weight is
+        1 and nothing is rescaled: the numbers are those of a plain loop."""
+        processes, rank = accelerator.num_processes, accelerator.process_index
+        accumulation = accelerator.gradient_accumulation_steps
+        shards = processes * accumulation
+        micro = []
+        for index in range(rank * accumulation, (rank + 1) * accumulation):
+            rows = shard_rows(len(part), shards, index)
+            if len(rows) == 0:  # a short last batch: a zero-weight pass keeps DDP in step
+                inputs = self._training_batch(part.take([0]))
+                micro.append((inputs, 0))
+                continue
+            where = {int(row): i for i, row in enumerate(rows)}
+            asked = [(where[r], c, present) for r, c, present in questions if r in where]
+            inputs = self._training_batch(
+                part if len(rows) == len(part) else part.take(rows), asked
+            )
+            micro.append((inputs, answer_token_count(inputs["labels"])))
+        tokens = sum(n for _, n in micro)
+        if processes > 1:
+            tokens = self._all_sum(accelerator, [tokens])[0]
+        weighted = 0.0
+        for inputs, n in micro:
+            inputs.pop("_label_positions")
+            with accelerator.accumulate(model):
+                loss = model(**inputs, use_cache=False).loss
+                scaled = loss if shards == 1 else loss * (n * shards / tokens)
+                accelerator.backward(scaled)
+            weighted += float(loss.detach()) * n
+        if processes > 1:
+            weighted = self._all_sum(accelerator, [weighted])[0]
+        return weighted / tokens
+
+    @staticmethod
+    def _all_sum(accelerator: Any, values: Sequence[float]) -> list[float]:
+        """``values`` summed over all processes (float64, on the process group's device)."""
+        import torch
+
+        local = torch.tensor(list(values), dtype=torch.float64, device=accelerator.device)
+        return accelerator.reduce(local, reduction="sum").tolist()
 
     def _pattern_questions(self, part: SampleSet, step: int) -> list[tuple[int, int, bool]]:
         """The pattern questions added to training step ``step`` (none when off or no patterns)."""
@@ -839,7 +1027,22 @@ class VisionLanguageSignalModel:
 
     def save(self, directory: str | Path) -> Path:
         """Save the processor, the adapter (safetensors) or, once merged, the whole model, and
-        ``model.json`` last. The base model is referenced by ``model_id``, not copied."""
+        ``model.json`` last. The base model is referenced by ``model_id``, not copied.
+
+        In a data-parallel run every process may call it: the main process writes, once, while
+        the others wait, and all return when the folder is complete."""
+        if not _distributed_run():
+            return self._save(directory)
+        from accelerate import PartialState
+
+        state = PartialState()
+        state.wait_for_everyone()
+        if state.is_main_process:
+            self._save(directory)
+        state.wait_for_everyone()
+        return Path(directory) / MODEL_FILE
+
+    def _save(self, directory: str | Path) -> Path:
         target = Path(directory)
         target.mkdir(parents=True, exist_ok=True)
         self.processor.save_pretrained(target / "processor")
@@ -898,8 +1101,15 @@ def _save_checkpoint(
     scheduler: Any,
     history: list[dict[str, Any]],
     keep: int,
+    *,
+    processes: int = 1,
 ) -> Path:
-    """Write ``root/step-XXXXXXXX`` complete or not at all (built beside it, then renamed)."""
+    """Write ``root/step-XXXXXXXX`` complete or not at all (built beside it, then renamed).
+
+    Nothing in it belongs to one process: the adapter of the unwrapped model, the optimizer and
+    scheduler state (the same in every data-parallel process), the step and the history of
+    global-batch losses, so it resumes under any process count. ``processes`` is recorded for
+    the reader only."""
     import torch
 
     target = root / f"step-{step:08d}"
@@ -914,7 +1124,9 @@ def _save_checkpoint(
             },
             tmp / "optimizer.pt",
         )
-        (tmp / "state.json").write_text(json.dumps({"step": step, "history": history}))
+        (tmp / "state.json").write_text(
+            json.dumps({"step": step, "processes": processes, "history": history})
+        )
     for old in sorted(root.glob("step-*"))[:-keep] if keep > 0 else []:
         shutil.rmtree(old, ignore_errors=True)
     return target

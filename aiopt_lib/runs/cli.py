@@ -19,6 +19,9 @@
     aiopt batch FILE [--workers N] [--ray [ADDRESS] [--ship]] [--rerun]
                                     a grid or list of runs in parallel (processes or Ray tasks),
                                     finished runs skipped, and a comparison page
+    aiopt finetune JOB.yaml [--nproc N]
+                                    LoRA fine-tuning of the vision-language model, data-parallel
+                                    (one process per GPU; torchrun + accelerate DDP)
     aiopt serve MODEL_DIR [...]     the saved signal models over HTTP (LitServe: /predict, /models,
                                     /health; dynamic batching; see aiopt serve --help)
     aiopt live --config FILE        paper-trade a ranked strategy in a nautilus_trader TradingNode
@@ -306,12 +309,12 @@ def build_parser() -> argparse.ArgumentParser:
             "cci_reversion, keltner_supertrend) or a YAML file"
         ),
     )
-    search.add_argument("--out", required=True, help="folder for optuna.db, ranking.json, ...")
+    search.add_argument("--out", required=True, help="folder for optuna.log, ranking.json, ...")
     search.add_argument("--config", help="search settings (YAML; keys of SearchConfig)")
     search.add_argument(
         "--storage",
-        help="Optuna storage URL (default sqlite:///OUT/optuna.db; postgresql://..., "
-        "journal:///file.log); the same URL continues the studies",
+        help="Optuna storage URL (default journal:///OUT/optuna.log; sqlite:///FILE.db, "
+        "postgresql://USER@HOST/DB for several machines); the same URL continues the studies",
     )
     search.add_argument(
         "--workers", type=int, default=1, help="worker processes (or Ray tasks) on the studies"
@@ -384,6 +387,22 @@ def build_parser() -> argparse.ArgumentParser:
     batch.add_argument(
         "--rerun", action="store_true", help="run every run again (default: skip finished runs)"
     )
+
+    tune = commands.add_parser(
+        "finetune",
+        help="LoRA fine-tuning of the vision-language model, one process per GPU (DDP)",
+    )
+    tune.add_argument("config", help="fine-tuning job (YAML; see aiopt_lib.models.distributed)")
+    tune.add_argument(
+        "--nproc", type=int, default=1, help="processes, one per GPU (CPU: gloo processes)"
+    )
+    tune.add_argument(
+        "--trust-remote-code",
+        action="store_true",
+        default=None,
+        help="run the model repository's own code (only for a model you trust)",
+    )
+    tune.add_argument("--timeout", type=float, help="stop the job after this many seconds")
 
     serve = commands.add_parser(
         "serve",
@@ -744,6 +763,23 @@ def _cmd_batch(args: argparse.Namespace) -> int:
     return EXIT_OK if result.ok else EXIT_PROBLEMS
 
 
+def _cmd_finetune(args: argparse.Namespace) -> int:
+    from aiopt_lib.models.distributed import finetune_summary, launch_finetune
+
+    try:
+        result = launch_finetune(
+            args.config,
+            nproc=args.nproc,
+            trust_remote_code=args.trust_remote_code,
+            timeout=args.timeout,
+        )
+    except (RuntimeError, TimeoutError) as exc:  # a process failed: its own output says why
+        print(f"aiopt: error: {exc}", file=sys.stderr)
+        return EXIT_PROBLEMS
+    print(json.dumps(finetune_summary(result)))
+    return EXIT_OK
+
+
 def _cmd_live(args: argparse.Namespace) -> int:
     from aiopt_lib.live.node import main_live
 
@@ -798,6 +834,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         handler = _cmd_batch
     elif args.command == "live":
         handler = _cmd_live
+    elif args.command == "finetune":
+        handler = _cmd_finetune
     elif args.command == "pine":
         handler = _cmd_pine_export if args.pine_command == "export" else _cmd_pine_check
     elif args.command == "dataset":

@@ -21,10 +21,13 @@ then does, for a :class:`SearchConfig`:
    Deflated Sharpe Ratio, and the Probability of Backtest Overfitting of the whole search (CSCV
    over all trials' daily returns) — :mod:`aiopt_lib.strategy.overfitting`.
 
-Storage: an SQLite file ``optuna.db`` in the run folder by default (running again continues the
-studies up to ``n_trials`` each), any Optuna RDB URL (``postgresql://...``) for many machines, or
-``journal:///path/to/file.log`` (Optuna's journal file storage: no database, faster writes).
-``workers > 1`` starts that many processes on the same studies.
+Storage: Optuna's journal file ``optuna.log`` in the run folder by default (running again
+continues the studies up to ``n_trials`` each; a run folder that already holds an ``optuna.db``
+keeps that SQLite file), ``sqlite:///file.db``, or any Optuna RDB URL (``postgresql://...``) for
+workers on many machines. ``workers > 1`` starts that many processes (or Ray tasks) on the same
+studies; workers of other machines may join them, and together they stop at exactly ``n_trials``
+per study (:func:`optimise`). The journal is the default because several local workers write
+it faster than SQLite, whose writers wait for one another (``benchmarks/bench_search.py``).
 """
 
 from __future__ import annotations
@@ -561,9 +564,15 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
 
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
+            _check_journal(path)
             return JournalStorage(JournalFileBackend(str(path)))
         except OSError as exc:
             raise ConfigError(f"storage {shown!r}: {path}: {exc.strerror or exc}") from None
+        except (ValueError, KeyError, TypeError) as exc:  # a line that is no journal record
+            raise ConfigError(
+                f"storage {shown!r}: {path} is not an Optuna journal file ({exc}); move it away "
+                "or choose another --out/--storage"
+            ) from None
     if not url.startswith("sqlite:"):
         # a database server is shared by machines: a worker's trials carry heartbeats, and a
         # trial whose heartbeat lapsed (its machine died) is failed and run again by the others
@@ -593,6 +602,19 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
     sqlalchemy.event.listen(storage.engine, "connect", _sqlite_pragmas)
     storage.engine.dispose()  # connections opened so far did not run the pragmas
     return storage
+
+
+def _check_journal(path: Path) -> None:
+    """Raise ``ValueError`` when ``path`` exists but does not start with an Optuna journal
+    record (Optuna itself would fail only once a record follows the bad line)."""
+    if not path.is_file():
+        return
+    with path.open("rb") as file:
+        first = file.readline(1 << 20)
+    if first and not (first.endswith(b"\n") and b'"op_code"' in first):
+        raise ValueError("its first line is no journal record")
+    if first:
+        json.loads(first)
 
 
 def _redacted(url: str) -> str:
@@ -787,6 +809,7 @@ def _exactly(
     def claim(trial: optuna.Trial) -> None:
         ahead = _count_trials(study, _COUNTED + _LIVE, below=trial._trial_id)
         if ahead >= n_trials:
+            _SURPLUS_NUMBERS.add(trial.number)
             trial.set_user_attr(_SURPLUS_ATTR, True)
             raise _SurplusTrialError(f"{ahead} trials before this one fill the study")
 
@@ -804,9 +827,16 @@ def _exactly(
     return run
 
 
+_SURPLUS_NUMBERS: set[int] = set()  # this process's surplus trials of the current study
+
+
 class _SurplusFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
-        return "_SurplusTrialError" not in record.getMessage()
+        message = record.getMessage()
+        if not message.startswith("Trial ") or " failed with " not in message:
+            return True
+        number = message[6:].split(" ", 1)[0]
+        return not (number.isdigit() and int(number) in _SURPLUS_NUMBERS)
 
 
 def _quiet_surplus_trials() -> None:
@@ -855,6 +885,7 @@ def _optimise_folds(
 
     for fold in walk_forward_folds(evaluator.bars, config):
         study = _study(storage, config, fold.index, worker)
+        _SURPLUS_NUMBERS.clear()
         objective = _exactly(_objective_fn(evaluator, fold, config), study, config.n_trials)
         while not stopped():
             fail_dead_trials(study)
@@ -1527,6 +1558,15 @@ def rank_trials(
     return Ranking(tuple(top), pbo, len(candidates), float(n_effective), sharpe_variance)
 
 
+def default_storage(run_dir: str | Path) -> str:
+    """The storage of a search in ``run_dir``: ``journal:///<run_dir>/optuna.log``, or the
+    ``optuna.db`` SQLite file a search made there before the journal became the default."""
+    folder = Path(run_dir).resolve()
+    if (folder / "optuna.db").exists():
+        return f"sqlite:///{folder / 'optuna.db'}"
+    return f"journal://{folder / 'optuna.log'}"
+
+
 def run_search(
     bars: pl.DataFrame,
     template: SearchTemplate,
@@ -1541,7 +1581,7 @@ def run_search(
 ) -> SearchResult:
     """Walk-forward Optuna search of ``template`` on ``bars`` (module docstring), then the ranking.
 
-    ``storage`` an Optuna storage URL (default ``sqlite:///<run_dir>/optuna.db``; an in-memory
+    ``storage`` an Optuna storage URL (default :func:`default_storage` of ``run_dir``; an in-memory
     search is not offered because the studies are the record of the search). Running again with
     the same storage continues each fold's study up to ``config.n_trials``. ``workers`` and
     ``ray_address``: see :func:`optimise`.
@@ -1560,8 +1600,8 @@ def run_search(
             ) from None
     if storage is None:
         if run_dir is None:
-            raise ConfigError("give run_dir (for the default SQLite storage) or storage")
-        storage = f"sqlite:///{Path(run_dir).resolve() / 'optuna.db'}"
+            raise ConfigError("give run_dir (for the default journal storage) or storage")
+        storage = default_storage(run_dir)
     optimise(
         bars,
         template,

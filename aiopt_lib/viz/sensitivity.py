@@ -61,7 +61,7 @@ OPTUNA_PLOTS: tuple[str, ...] = (
 
 def fold_studies(storage: str | optuna.storages.BaseStorage, study_name: str) -> list[optuna.Study]:
     """The search's per-fold studies ``<study_name>-fold<k>`` in ``storage`` (an Optuna storage
-    URL such as ``SearchResult.storage`` or ``sqlite:///<run_dir>/optuna.db``), in fold order.
+    URL such as ``SearchResult.storage`` or ``journal:///<run_dir>/optuna.log``), in fold order.
     Raises ``ValueError`` naming the studies there when there is none."""
     opened = open_storage(storage) if isinstance(storage, str) else storage
     names = optuna.get_all_study_names(storage=opened)
