@@ -32,7 +32,6 @@ import io
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -43,6 +42,8 @@ from typing import Any
 
 import httpx
 import numpy as np
+
+from aiopt_lib.core.net import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 GOAL_REQ_S = 250.0
@@ -153,12 +154,6 @@ def run_peer(folder: str, port: int) -> None:
 
 
 # -- load ----------------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 @contextlib.contextmanager

@@ -26,7 +26,6 @@ import json
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -38,6 +37,8 @@ from pathlib import Path
 from typing import Any
 
 from browser_check import ensure_chromium
+
+from aiopt_lib.core.net import free_port
 
 CHROMIUM_ARGS = (
     "--no-sandbox",  # containers (and root) have no user namespaces for the sandbox
@@ -96,13 +97,6 @@ class LabServer:
             return self.log.read_text(errors="replace")[-chars:]
         except OSError:
             return "(no log)"
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def _write_settings(home: Path) -> dict[str, Path]:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from aiopt_lib.core.net import free_port as _free_port
 from aiopt_lib.runs.cli import main
 from aiopt_lib.strategy.search import MIN_WINDOW_BARS
 
@@ -134,14 +135,6 @@ def _search(out: Path, *extra: str) -> list[str]:
         "--no-progress",
         *extra,
     ]
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.mark.parametrize(

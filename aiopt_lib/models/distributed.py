@@ -61,6 +61,7 @@ import polars as pl
 from aiopt_lib.core.atomic import write_parquet_atomic, write_text_atomic
 from aiopt_lib.core.config import read_yaml_mapping
 from aiopt_lib.core.errors import AioptError, ConfigError
+from aiopt_lib.core.net import free_port
 from aiopt_lib.features.render import RenderSpec
 from aiopt_lib.features.splits import purged_split
 from aiopt_lib.models.base import (
@@ -328,13 +329,6 @@ def _write_report(
         "model": "model",
     }
     write_text_atomic(config.out / "fit.json", json.dumps(summary, indent=2))
-
-
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 now (the OS picks it), for the processes' rendezvous."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def _child_environment(nproc: int, trust_remote_code: bool | None) -> dict[str, str]:

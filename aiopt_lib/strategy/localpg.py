@@ -17,21 +17,15 @@ import os
 import pwd
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["PostgresServer", "find_postgres_bin", "free_port", "local_postgres"]
+from aiopt_lib.core.net import free_port
 
-
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+__all__ = ["PostgresServer", "find_postgres_bin", "local_postgres"]
 
 
 def find_postgres_bin() -> Path | None:
