@@ -38,6 +38,7 @@ PUBLIC_MODULES = (
     "data.cleaning",
     "data.resample",
     "data.explore",
+    "data.store",
     "data.rundir",
     "features.indicators",
     "features.indicators_more",

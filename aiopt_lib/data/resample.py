@@ -56,6 +56,17 @@ def _ohlc_aggs(prefix_in: str, prefix_out: str) -> list[pl.Expr]:
     ]
 
 
+def _sum_in_time_order(column: str) -> pl.Expr:
+    """The sum of a bar's values added one tick at a time, in time order.
+
+    polars' ``sum`` adds floats in blocks whose grouping depends on where the bar's ticks sit in
+    memory, so the same ticks aggregated alone or inside a larger frame could differ in the
+    last bit. The running sum has one order, so a bar's volume is the same whether its ticks were
+    aggregated all at once, a file at a time (:func:`aiopt_lib.data.store.aggregate_ticks`), or
+    one by one as a live feed adds them."""
+    return pl.col(column).cum_sum().last()
+
+
 def ticks_to_bars(
     ticks: pl.DataFrame,
     timeframe: str | dt.timedelta = "1m",
@@ -67,7 +78,10 @@ def ticks_to_bars(
     ``price`` picks the quote the bars are built from: ``"bid"`` (volume = summed bid volume, as
     Dukascopy's bid candles), ``"ask"`` (summed ask volume), ``"mid"`` ((bid + ask) / 2, volume =
     bid + ask volume) or ``"both"`` (main columns from the bid, plus ``bid_*`` and ``ask_*``). Every
-    result has ``spread``: the mean quoted spread (ask − bid) over the bar's ticks.
+    result has ``spread``: the mean quoted spread (ask − bid) over the bar's ticks. Volumes and
+    spreads are summed tick by tick in time order, so the bars do not depend on how the ticks
+    were split into frames: bars of every file of a day equal the bars of the whole day, bit for
+    bit.
     """
     ensure_ticks(ticks)
     td = parse_timeframe(timeframe)
@@ -86,7 +100,7 @@ def ticks_to_bars(
         pl.col(main).max().alias("high"),
         pl.col(main).min().alias("low"),
         pl.col(main).last().alias("close"),
-        pl.col(volume).sum().alias("volume"),
+        _sum_in_time_order(volume).alias("volume"),
     ]
     if price == "both":
         for side in ("bid", "ask"):
@@ -96,7 +110,7 @@ def ticks_to_bars(
                 pl.col(side).min().alias(f"{side}_low"),
                 pl.col(side).last().alias(f"{side}_close"),
             ]
-    aggs.append(pl.col("_spread").mean().alias("spread"))
+    aggs.append((_sum_in_time_order("_spread") / pl.len()).alias("spread"))
     bars = frame.group_by("_bar", maintain_order=True).agg(aggs).rename({"_bar": "ts"}).sort("ts")
     return ensure_bars(canonical_column_order(bars))
 

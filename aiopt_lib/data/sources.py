@@ -31,6 +31,9 @@ Supported sources (see :func:`read_source`):
 * Parquet files (canonical bars written by aiopt, or any table with a recognisable time column).
 * Dukascopy ``.bi5`` files and directories in the Dukascopy datafeed layout (via
   :mod:`aiopt_lib.data.dukascopy`).
+* A bars dataset (``format="hive"``): a folder of ``symbol=.../year=.../part-*.parquet`` files
+  written by :mod:`aiopt_lib.data.store` (ten years of minutes, read lazily: only the years of
+  ``[start, end)`` and the columns of ``side`` are read).
 * polars and pandas DataFrames.
 
 Time zones
@@ -79,7 +82,7 @@ from aiopt_lib.core.bars import (
     timeframe_label,
 )
 from aiopt_lib.core.errors import ConfigError, DataError
-from aiopt_lib.data import dukascopy
+from aiopt_lib.data import dukascopy, store
 from aiopt_lib.data.cleaning import CleaningPolicy, ValidationReport, clean_bars
 from aiopt_lib.data.resample import resample_bars, ticks_to_bars
 
@@ -104,7 +107,7 @@ __all__ = [
 ]
 
 CSV_FORMATS: tuple[str, ...] = ("dukascopy_csv", "histdata", "mt4", "mt5", "generic")
-_OTHER_FORMATS: tuple[str, ...] = ("parquet", "dukascopy_bi5", "dukascopy_datafeed")
+_OTHER_FORMATS: tuple[str, ...] = ("parquet", "dukascopy_bi5", "dukascopy_datafeed", "hive")
 DEFAULT_SAMPLE = "eurusd_h1_2017"
 _SAMPLE_PACKAGE_DIR = "data"
 _METADATA_KEYS = ("symbol", "side", "timeframe", "source", "licence")
@@ -1626,6 +1629,31 @@ def _read_dukascopy(
     )
 
 
+def _read_dataset(
+    path: Path,
+    *,
+    symbol: str | None,
+    side: str | None,
+    start: dt.datetime | None,
+    end: dt.datetime | None,
+) -> RawSource:
+    """``[start, end)`` of a bars dataset (:mod:`aiopt_lib.data.store`): only the years of the
+    range and the columns of ``side`` are read (``bid``/``ask`` from a two-sided dataset leave
+    the other side's columns on disk)."""
+    info = store.dataset_metadata(path, symbol)
+    read_side = None if side == info["side"] else side
+    frame = store.read_bars(path, info["symbol"], start, end, side=read_side)
+    return RawSource(
+        frame=_with_record_index(frame),
+        source=info["folder"],
+        format="hive",
+        row_kind="row",
+        symbol=info["symbol"],
+        side=side or info["side"] or None,
+        timeframe=info["timeframe"] or None,
+    )
+
+
 # ---------------------------------------------------------------------------------------------
 # The entry points
 
@@ -1673,11 +1701,13 @@ def read_source(
 
     ``source`` is ``"sample"`` / ``"sample:<name>"``, a path (``.csv``/``.txt``/``.tsv`` →
     :func:`read_csv_source`, ``.parquet`` → :func:`read_parquet_source`, ``.bi5`` → one Dukascopy
-    file, a directory → the Dukascopy datafeed layout, which needs ``start``/``end`` and reads
-    ``timeframe`` bars, or ticks for ``timeframe="tick"`` or ``from_ticks=True``), or a polars /
-    pandas DataFrame. ``format`` forces a reader: one of :data:`CSV_FORMATS`, ``"parquet"``,
-    ``"dukascopy_bi5"``, ``"dukascopy_datafeed"``. ``start``/``end`` are used only by the datafeed
-    reader (:func:`load_bars` trims every source).
+    file, a bars dataset folder (``symbol=.../year=...``, :mod:`aiopt_lib.data.store`; ``symbol``
+    picks the instrument), another directory → the Dukascopy datafeed layout, which needs
+    ``start``/``end`` and reads ``timeframe`` bars, or ticks for ``timeframe="tick"`` or
+    ``from_ticks=True``), or a polars / pandas DataFrame. ``format`` forces a reader: one of
+    :data:`CSV_FORMATS`, ``"parquet"``, ``"dukascopy_bi5"``, ``"dukascopy_datafeed"``,
+    ``"hive"``. ``start``/``end`` are used only by the datafeed and dataset readers (they read
+    only that range; :func:`load_bars` trims every source).
     """
     if format is not None and format not in (*CSV_FORMATS, *_OTHER_FORMATS):
         raise ConfigError(
@@ -1710,6 +1740,14 @@ def read_source(
     if not path.exists():
         raise DataError("no such file or directory", file=path)
     suffix = path.suffix.lower()
+    if format == "hive" or (format is None and store.is_dataset(path)):
+        return _read_dataset(
+            path,
+            symbol=symbol,
+            side=side,
+            start=_as_utc(start, "start"),
+            end=_as_utc(end, "end"),
+        )
     if format in ("dukascopy_bi5", "dukascopy_datafeed") or (
         format is None and (path.is_dir() or suffix == ".bi5")
     ):
@@ -1816,7 +1854,11 @@ def load_bars_report(
             raise ConfigError(
                 f"timeframe={timeframe!r} needs a tick source; {raw.source} holds bars"
             )
-        frame = _trim(_pick_side(raw.frame, side, raw.source), start_utc, end_utc)
+        if raw.format == "hive":
+            # the dataset reader read only the side and the range asked for: no copy to trim
+            frame = raw.frame
+        else:
+            frame = _trim(_pick_side(raw.frame, side, raw.source), start_utc, end_utc)
         source_timeframe = raw.timeframe
         resample_to = timeframe
         side_label = side or raw.side

@@ -3,6 +3,9 @@
     aiopt data info FILE            what a data file holds
     aiopt data validate FILE        the validation report; exit 0 clean (or only expected gaps), 1 problems
     aiopt data dukascopy SYMBOL     download (or read from the cache) Dukascopy data into Parquet
+    aiopt data aggregate MIRROR --out ROOT
+                                    a tick mirror -> the 1-minute bars dataset (symbol=/year=),
+                                    streaming file by file, resumable
     aiopt features FILE --out OUT   bars + all indicators at default parameters + pattern flags
     aiopt dataset build --bars FILE --out DIR [--config FILE]
                                     the labelled, schema-versioned sample dataset (Parquet, zstd)
@@ -249,6 +252,31 @@ def build_parser() -> argparse.ArgumentParser:
         "--point-value", type=int, help="price divisor for instruments not in the table"
     )
     duka.add_argument("--no-progress", action="store_true")
+
+    aggregate = data_commands.add_parser(
+        "aggregate", help="Dukascopy tick mirror -> 1-minute bars dataset (streaming, resumable)"
+    )
+    aggregate.add_argument(
+        "mirror", help="Dukascopy datafeed mirror folder (SYMBOL/YYYY/MM/DD/HHh_ticks.bi5)"
+    )
+    aggregate.add_argument(
+        "--out", required=True, help="bars dataset root (symbol=/year= Parquet parts)"
+    )
+    aggregate.add_argument("--symbol", help="instrument, when the mirror holds several")
+    aggregate.add_argument("--start", help="first hour to read (inclusive; ISO, UTC)")
+    aggregate.add_argument("--end", help="hour to stop at (exclusive; ISO, UTC)")
+    aggregate.add_argument("--price", default="both", choices=["both", "bid", "ask", "mid"])
+    aggregate.add_argument(
+        "--point-value", type=int, help="price divisor for instruments not in the table"
+    )
+    aggregate.add_argument(
+        "--batch-ticks",
+        type=int,
+        default=1_000_000,
+        help="ticks aggregated at once (the memory bound)",
+    )
+    aggregate.add_argument("--overwrite", action="store_true", help="rebuild months already done")
+    aggregate.add_argument("--no-progress", action="store_true")
 
     features = commands.add_parser(
         "features", help="write bars + all indicators (default parameters) + pattern flags"
@@ -549,6 +577,28 @@ def _cmd_dukascopy(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_aggregate(args: argparse.Namespace) -> int:
+    from aiopt_lib.data.store import aggregate_ticks
+
+    report = aggregate_ticks(
+        args.mirror,
+        args.out,
+        args.symbol,
+        start=args.start,
+        end=args.end,
+        price=args.price,
+        point_value=args.point_value,
+        overwrite=args.overwrite,
+        batch_ticks=args.batch_ticks,
+        progress=not args.no_progress,
+    )
+    print(
+        f"{len(report.written)} month(s) written, {report.skipped} already done; "
+        f"{report.ticks:,} ticks -> {report.bars:,} bars: {args.out}"
+    )
+    return EXIT_OK
+
+
 def _cmd_features(args: argparse.Namespace) -> int:
     from aiopt_lib.core.atomic import write_parquet_atomic
     from aiopt_lib.data.sources import load_bars_report
@@ -823,7 +873,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     debug = "--debug" in arguments
     args = parser.parse_args([a for a in arguments if a != "--debug"])
     args.debug = debug
-    handlers = {"info": _cmd_info, "validate": _cmd_validate, "dukascopy": _cmd_dukascopy}
+    handlers = {
+        "info": _cmd_info,
+        "validate": _cmd_validate,
+        "dukascopy": _cmd_dukascopy,
+        "aggregate": _cmd_aggregate,
+    }
     if args.command == "data":
         handler = handlers[args.data_command]
     elif args.command == "features":
