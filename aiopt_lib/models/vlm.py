@@ -1,15 +1,18 @@
 """A vision-language model as a signal model: chart + indicator table in, P(BUY, SELL, HOLD) out.
 
-:class:`VisionLanguageSignalModel` (kind ``"vlm"``) wraps any transformers image-text-to-text
-model, loaded from a hub id or a local folder with ``AutoProcessor.from_pretrained`` and
+:class:`VisionLanguageSignalModel` (kind ``"vlm"``) wraps any transformers image-text-to-text model,
+loaded from a hub id or a local folder with ``AutoProcessor.from_pretrained`` and
 ``AutoModelForImageTextToText.from_pretrained``. The default is MiniCPM-V 4.6
-(``openbmb/MiniCPM-V-4.6``, ~1.3B: SigLIP2 vision tower + Qwen3.5-0.8B, native in transformers;
-its processor needs torchvision). MiniCPM-V 4.5 (8B) ships remote code only: pass
+(``openbmb/MiniCPM-V-4.6``, ~1.3B: SigLIP2 vision tower + Qwen3.5-0.8B, native in transformers; its
+processor's video half needs torchvision: without torchvision a local MiniCPM-V 4.6 folder gets the
+image-only processor of ``aiopt_lib.models.processors``, the released class's own image and text
+code). Its vision attention runs as one call per sequence length instead of one per image and per
+2x2 window (``aiopt_lib.models.vision_attention``). MiniCPM-V 4.5 (8B) ships remote code only: pass
 ``trust_remote_code=True`` for it — an explicit opt-in, off by default, because it runs code
-downloaded with the weights. A saved folder whose ``model.json`` records ``trust_remote_code``
-loads only when the caller opts in again (``load_model(folder, trust_remote_code=True)`` or
-``AIOPT_TRUST_REMOTE_CODE=1``): the folder's own word is never enough. Nothing is loaded until
-the model is first used.
+downloaded with the weights. A saved folder whose ``model.json`` records ``trust_remote_code`` loads
+only when the caller opts in again (``load_model(folder, trust_remote_code=True)`` or
+``AIOPT_TRUST_REMOTE_CODE=1``): the folder's own word is never enough. Nothing is loaded until the
+model is first used.
 
 Prompt
 ------
@@ -21,26 +24,31 @@ processor's chat template when it has one; otherwise the fallback is
 
 Scoring
 -------
-The assistant's answer is prefilled with ``{"signal": "`` and the probabilities are the softmax
-over the three label tokens' logits at the next position: ONE forward pass per batch, left
-padded, no generation. At load time each label must be exactly one token after the prefill in the
-model's tokenizer (:func:`find_label_tokens` tries ``BUY``, `` BUY``, ``Buy``, ``buy`` and a
-prefill without the space); otherwise loading fails with a clear error. :meth:`explain` generates
-a short reasoning greedily, constrained by prefilling the scored signal and confidence, and cut at
-the closing quote.
+The assistant's answer is prefilled with ``{"signal": "`` and the probabilities are the softmax over
+the three label tokens' logits at the next position: ONE forward pass per batch, left padded, no
+generation; the output layer runs on that last position only (:func:`last_positions_logits`: a
+vocabulary of 248k tokens makes full logits the largest tensor of a batch, and not every
+architecture honours ``logits_to_keep``). At load time each label must be exactly one token after
+the prefill in the model's tokenizer (:func:`find_label_tokens` tries ``BUY``, `` BUY``, ``Buy``,
+``buy`` and a prefill without the space); otherwise loading fails with a clear error.
+:meth:`explain` generates a short reasoning greedily, constrained by prefilling the scored signal
+and confidence, and cut at the closing quote.
 
 Fine-tuning
 -----------
-:meth:`VisionLanguageSignalModel.fit` trains LoRA adapters (peft) on the LANGUAGE model's
-attention and MLP projections only, chosen by :data:`LANGUAGE_PROJECTION_PATTERN`, a regex over
-module names that excludes every vision-tower/projector path, so it works across architectures.
-The loss is on the answer tokens only (labels ``-100`` on the prompt). AdamW, gradient clipping,
-linear warm-up. With CUDA: bf16 weights, gradient checkpointing and, on request, QLoRA (4-bit
-NF4 through bitsandbytes; GPU only). Checkpoints (adapter as safetensors + optimizer and RNG
-state + step) every ``checkpoint_every`` steps, and resume from the latest one (tensors and plain
-data only: ``torch.load(weights_only=True)``, so a crafted checkpoint cannot run code). Metrics
-go to a tqdm bar and, optionally, to a ``training_metrics`` stream (:mod:`aiopt_lib.core.streams`).
-``merge=True`` folds the adapters into the weights (``merge_and_unload``) after training.
+:meth:`VisionLanguageSignalModel.fit` trains LoRA adapters (peft) on the LANGUAGE model's attention
+and MLP projections only, chosen by :data:`LANGUAGE_PROJECTION_PATTERN`, a regex over module names
+that excludes every vision-tower/projector path, so it works across architectures. The loss is on
+the answer tokens only (labels ``-100`` on the prompt), and so are the logits:
+:func:`answer_forward` runs the output layer on the last few positions, from the one before the
+first answer token (the same loss as the model's own, without the ``batch x length x vocab``
+logits). AdamW, gradient clipping, linear warm-up. With CUDA: bf16 weights, gradient checkpointing
+and, on request, QLoRA (4-bit NF4 through bitsandbytes; GPU only). Checkpoints (adapter as
+safetensors + optimizer and RNG state + step) every ``checkpoint_every`` steps, and resume from the
+latest one (tensors and plain data only: ``torch.load(weights_only=True)``, so a crafted checkpoint
+cannot run code). Metrics go to a tqdm bar and, optionally, to a ``training_metrics`` stream
+(:mod:`aiopt_lib.core.streams`). ``merge=True`` folds the adapters into the weights
+(``merge_and_unload``) after training.
 
 Pattern questions
 -----------------
@@ -94,13 +102,14 @@ those of the plain loop.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
 import re
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -357,13 +366,86 @@ def score_labels(model: Any, inputs: dict[str, Any], label_token_ids: Sequence[i
     mask = inputs.get("attention_mask")
     if mask is not None and not bool(mask[:, -1].all()):
         raise ValueError("score_labels needs left padding: the last position is padding")
-    with torch.no_grad():
-        try:
-            out = model(**inputs, logits_to_keep=1, use_cache=False)
-        except TypeError:  # architectures without logits_to_keep
-            out = model(**inputs, use_cache=False)
+    with torch.no_grad(), last_positions_logits(model, 1):
+        out = model(**inputs, use_cache=False)
     logits = out.logits[:, -1, :].float()
     return torch.softmax(logits[:, list(label_token_ids)], dim=-1)
+
+
+def _output_layer(model: Any) -> Any:
+    """The module that maps hidden states to vocabulary logits (the LM head), or None."""
+    inner = getattr(model, "module", model)  # DDP
+    getter = getattr(inner, "get_output_embeddings", None)
+    try:
+        return getter() if getter is not None else None
+    except (AttributeError, NotImplementedError):
+        return None
+
+
+@contextlib.contextmanager
+def last_positions_logits(model: Any, positions: int) -> Iterator[bool]:
+    """Within the block the model's output layer runs on the LAST ``positions`` positions only:
+    ``out.logits`` is ``(batch, positions, vocab)``. Yields whether it could (False: the model
+    has no output layer to find, and logits stay full).
+
+    Scoring needs the logits of the last position and training those of the answer tokens, a
+    handful at the end of each left-padded row; the full ``(batch, length, vocab)`` logits of a
+    248k-token vocabulary are most of the memory of a step at real size (and the head a quarter of
+    the language model's multiply-adds). ``logits_to_keep`` would say the same but not every
+    architecture accepts it (MiniCPM-V 4.6 silently ignores it): a forward pre-hook on the output
+    layer works for all."""
+    head = _output_layer(model)
+    if head is None or positions < 1:
+        yield False
+        return
+
+    def keep(_module: Any, args: tuple[Any, ...]) -> tuple[Any, ...]:
+        return (args[0][:, -positions:, :], *args[1:])
+
+    handle = head.register_forward_pre_hook(keep)
+    try:
+        yield True
+    finally:
+        handle.remove()
+
+
+def answer_window(labels: Any) -> int:
+    """How many last positions of a left-padded batch the answer loss needs: from the position
+    before the first labelled column (it predicts that token) to the end."""
+    import torch
+
+    labelled = torch.nonzero((labels != -100).any(dim=0))
+    if len(labelled) == 0:
+        return 1
+    return int(labels.shape[1] - int(labelled[0, 0]) + 1)
+
+
+def answer_forward(model: Any, inputs: dict[str, Any]) -> tuple[Any, Any, int]:
+    """One forward pass with answer-only logits: ``(loss, logits, offset)``. ``inputs`` hold
+    ``labels`` (-100 off the answer; removed before the call). The output layer runs on the last
+    :func:`answer_window` positions only; ``logits[:, j]`` is position ``offset + j``. The loss is
+    the causal-LM loss the model itself computes (logits in float32, mean cross-entropy of each
+    position's prediction of the next token over the labelled ones), without the full logits."""
+    import torch
+
+    inputs = dict(inputs)
+    labels = inputs.pop("labels")
+    window = answer_window(labels)
+    with last_positions_logits(model, window) as kept:
+        logits = model(**inputs, use_cache=False).logits
+    if not kept:
+        window = labels.shape[1]
+    offset = labels.shape[1] - window
+    targets = labels[:, offset + 1 :]
+    predicted = logits[:, -window:-1, :].float() if window > 1 else logits[:, :0, :].float()
+    count = int((targets != -100).sum())
+    loss = torch.nn.functional.cross_entropy(
+        predicted.reshape(-1, predicted.shape[-1]),
+        targets.reshape(-1).to(predicted.device),
+        ignore_index=-100,
+        reduction="sum",
+    ) / max(count, 1)
+    return loss, logits, offset
 
 
 def answer_labels(input_ids: Any, attention_mask: Any, answer_lengths: Sequence[int]) -> Any:
@@ -533,12 +615,13 @@ class VisionLanguageSignalModel:
     def _load(self) -> None:
         if self._model is not None:
             return
-        from transformers import AutoModelForImageTextToText, AutoProcessor
+        from transformers import AutoModelForImageTextToText
+
+        from aiopt_lib.models.processors import load_processor
+        from aiopt_lib.models.vision_attention import use_batched_vision_attention
 
         processor_source = str(self.processor_dir or self.model_id)
-        processor = AutoProcessor.from_pretrained(
-            processor_source, trust_remote_code=self.trust_remote_code
-        )
+        processor = load_processor(processor_source, trust_remote_code=self.trust_remote_code)
         tokenizer = processor.tokenizer
         tokenizer.padding_side = "left"  # the scored position is the last column of every row
         if tokenizer.pad_token is None:
@@ -553,6 +636,7 @@ class VisionLanguageSignalModel:
         model = AutoModelForImageTextToText.from_pretrained(self.model_id, **options)
         if not self.train_config.quantize_4bit:
             model.to(self.device)
+        use_batched_vision_attention(model)  # one attention call per layer, not per window
         if self.adapter_dir is not None:
             from peft import PeftModel
 
@@ -809,10 +893,11 @@ class VisionLanguageSignalModel:
                 part = samples.take(np.arange(start, min(start + self.batch_size, len(samples))))
                 inputs = self._training_batch(part)
                 positions = inputs.pop("_label_positions")
-                out = model(**inputs, use_cache=False)
-                losses.append(float(out.loss) * len(part))
-                rows = torch.arange(len(part), device=out.logits.device)
-                scores = out.logits[rows, torch.tensor(positions, device=rows.device)][:, token_ids]
+                loss, logits, offset = answer_forward(model, inputs)
+                losses.append(float(loss) * len(part))
+                rows = torch.arange(len(part), device=logits.device)
+                where = torch.tensor(positions, device=rows.device) - offset
+                scores = logits[rows, where][:, token_ids]
                 correct += int((scores.argmax(-1).cpu().numpy() == part.labels).sum())
         if processes > 1:
             sums = torch.tensor(
@@ -855,7 +940,10 @@ class VisionLanguageSignalModel:
             model.gradient_checkpointing_enable(
                 gradient_checkpointing_kwargs={"use_reentrant": False}
             )
-            model.enable_input_require_grads()
+            # transformers hooks the input embeddings itself for text models; a second call would
+            # replace its list of hooks, and the first ones could never be removed
+            if not getattr(model, "_require_grads_hooks", None):
+                model.enable_input_require_grads()
         trainable = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(
             trainable, lr=config.learning_rate, weight_decay=config.weight_decay
@@ -941,6 +1029,7 @@ class VisionLanguageSignalModel:
         accelerator.free_memory()
         if checkpointing:
             model.gradient_checkpointing_disable()
+            model.disable_input_require_grads()  # else later fits keep the embeddings' grad
         model.eval()
         if config.merge:
             self.merge()
@@ -989,7 +1078,7 @@ class VisionLanguageSignalModel:
         for inputs, n in micro:
             inputs.pop("_label_positions")
             with accelerator.accumulate(model):
-                loss = model(**inputs, use_cache=False).loss
+                loss, _, _ = answer_forward(model, inputs)
                 scaled = loss if shards == 1 else loss * (n * shards / tokens)
                 accelerator.backward(scaled)
             weighted += float(loss.detach()) * n
