@@ -24,3 +24,15 @@ def dukascopy_dir() -> Path:
 @pytest.fixture(scope="session")
 def eurusd_h1_csv() -> Path:
     return DATA_DIR / "eurusd_h1" / "EURUSD_1H_ASK_2017.csv"
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny matrices: thread hand-offs cost more than the arithmetic (and other suites run too).
+    Modules of tiny-model tests use it with ``pytestmark = pytest.mark.usefixtures(...)``."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

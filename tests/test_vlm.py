@@ -52,14 +52,7 @@ FEATURES = ("rsi_14", "sma_ratio", "atr_14")
 PATTERNS = ("pat_hammer", "pat_bullish_engulfing", "pat_doji")
 VISION_PATH = re.compile(r"vision|multi_modal_projector|merger")
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny matrices: thread hand-offs cost more than the arithmetic (and other suites run too)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _train_tokenizer(corpus: list[str]) -> transformers.PreTrainedTokenizerFast:

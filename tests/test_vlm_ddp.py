@@ -53,13 +53,7 @@ SETTINGS = {
 }
 TRAIN = {"batch_size": 4, "learning_rate": 2e-2, "lora_dropout": 0.0, "seed": 3}
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -28,10 +28,11 @@ from __future__ import annotations
 import datetime as dt
 import enum
 import re
+from typing import Any
 
 import polars as pl
 
-from aiopt_lib.core.errors import BarsSchemaError
+from aiopt_lib.core.errors import BarsSchemaError, ConfigError
 
 __all__ = [
     "BAR_COLUMNS",
@@ -247,3 +248,27 @@ def empty_bars(*, with_bid_ask: bool = False) -> pl.DataFrame:
         names += [*BID_COLUMNS, *ASK_COLUMNS, "spread"]
     schema.update({c: pl.Float64() for c in names})
     return pl.DataFrame(schema=schema)
+
+
+def as_utc(value: Any, name: str) -> dt.datetime | None:
+    """A ``start``/``end`` argument as an aware UTC datetime: ISO strings, dates, pandas
+    timestamps and naive values are taken as UTC; None stays None. Anything else is a
+    :class:`ConfigError` naming ``name``."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        try:
+            value = dt.datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+        except ValueError as exc:
+            raise ConfigError(f"{name}={value!r} is not an ISO date or datetime") from exc
+    if hasattr(value, "to_pydatetime"):  # pandas Timestamp
+        value = value.to_pydatetime()
+    if isinstance(value, dt.date) and not isinstance(value, dt.datetime):
+        value = dt.datetime(value.year, value.month, value.day)
+    if not isinstance(value, dt.datetime):
+        raise ConfigError(
+            f"{name} must be a date, datetime or ISO string, got {type(value).__name__}"
+        )
+    if value.tzinfo is None:
+        return value.replace(tzinfo=dt.UTC)
+    return value.astimezone(dt.UTC)

@@ -72,6 +72,7 @@ from aiopt_lib.core.bars import (
     PRICE_COLUMNS,
     TICK_COLUMNS,
     TS_DTYPE,
+    as_utc,
     canonical_column_order,
     check_bars,
     ensure_bars,
@@ -1658,28 +1659,6 @@ def _read_dataset(
 # The entry points
 
 
-def _as_utc(value: Any, name: str) -> dt.datetime | None:
-    """``start``/``end`` as an aware UTC datetime: ISO strings and naive values are UTC."""
-    if value is None:
-        return None
-    if isinstance(value, str):
-        try:
-            value = dt.datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
-        except ValueError as exc:
-            raise ConfigError(f"{name}={value!r} is not an ISO date or datetime") from exc
-    if hasattr(value, "to_pydatetime"):  # pandas Timestamp
-        value = value.to_pydatetime()
-    if isinstance(value, dt.date) and not isinstance(value, dt.datetime):
-        value = dt.datetime(value.year, value.month, value.day)
-    if not isinstance(value, dt.datetime):
-        raise ConfigError(
-            f"{name} must be a date, datetime or ISO string, got {type(value).__name__}"
-        )
-    if value.tzinfo is None:
-        return value.replace(tzinfo=dt.UTC)
-    return value.astimezone(dt.UTC)
-
-
 def read_source(
     source: Any,
     *,
@@ -1745,8 +1724,8 @@ def read_source(
             path,
             symbol=symbol,
             side=side,
-            start=_as_utc(start, "start"),
-            end=_as_utc(end, "end"),
+            start=as_utc(start, "start"),
+            end=as_utc(end, "end"),
         )
     if format in ("dukascopy_bi5", "dukascopy_datafeed") or (
         format is None and (path.is_dir() or suffix == ".bi5")
@@ -1756,8 +1735,8 @@ def read_source(
             symbol=symbol,
             side=side,
             timeframe=timeframe,
-            start=_as_utc(start, "start"),
-            end=_as_utc(end, "end"),
+            start=as_utc(start, "start"),
+            end=as_utc(end, "end"),
             point_value=point_value,
             from_ticks=from_ticks,
         )
@@ -1823,7 +1802,7 @@ def load_bars_report(
 
     Emits no repair warning: the report is the caller's to read.
     """
-    start_utc, end_utc = _as_utc(start, "start"), _as_utc(end, "end")
+    start_utc, end_utc = as_utc(start, "start"), as_utc(end, "end")
     if start_utc is not None and end_utc is not None and start_utc >= end_utc:
         raise ConfigError(f"start ({start_utc}) must be before end ({end_utc})")
     tick_request = timeframe is not None and str(timeframe).lower() in _TICK_TIMEFRAMES

@@ -59,6 +59,7 @@ from aiopt_lib.core.bars import (
     ASK_COLUMNS,
     BID_COLUMNS,
     PRICE_COLUMNS,
+    as_utc,
     canonical_column_order,
     ensure_bars,
     infer_timeframe,
@@ -188,26 +189,8 @@ def _parts(folder: Path) -> list[Path]:
     )
 
 
-def _as_utc(value: object, name: str) -> dt.datetime | None:
-    """``start``/``end`` as an aware UTC datetime (ISO strings, dates and naive values are UTC)."""
-    if value is None:
-        return None
-    if isinstance(value, str):
-        try:
-            value = dt.datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
-        except ValueError as exc:
-            raise ConfigError(f"{name}={value!r} is not an ISO date or datetime") from exc
-    if isinstance(value, dt.date) and not isinstance(value, dt.datetime):
-        value = dt.datetime(value.year, value.month, value.day)
-    if not isinstance(value, dt.datetime):
-        raise ConfigError(
-            f"{name} must be a date, datetime or ISO string, got {type(value).__name__}"
-        )
-    return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value.astimezone(dt.UTC)
-
-
 def _check_range(start: object, end: object) -> tuple[dt.datetime | None, dt.datetime | None]:
-    lo, hi = _as_utc(start, "start"), _as_utc(end, "end")
+    lo, hi = as_utc(start, "start"), as_utc(end, "end")
     if lo is not None and hi is not None and lo >= hi:
         raise ConfigError(f"start ({lo}) must be before end ({hi})")
     return lo, hi

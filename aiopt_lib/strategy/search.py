@@ -923,10 +923,26 @@ def _worker_main(
     ready: Any,
     stop: Any,
 ) -> None:
-    import io
-
     # Ctrl-C reaches every process of the terminal's group: the parent decides (it sets ``stop``)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _shipped_worker(
+        bars_ipc, template_json, config_json, storage_url, predictions_ipc, worker, ready, stop
+    )
+
+
+def _shipped_worker(
+    bars_ipc: bytes,
+    template_json: str,
+    config_json: str,
+    storage_url: str,
+    predictions_ipc: bytes | None,
+    worker: int,
+    ready: Any,
+    stop: Any,
+) -> None:
+    """:func:`_optimise_folds` on arguments shipped to another process (Arrow IPC and JSON)."""
+    import io
+
     bars = pl.read_ipc(io.BytesIO(bars_ipc))
     predictions = pl.read_ipc(io.BytesIO(predictions_ipc)) if predictions_ipc else None
     _optimise_folds(
@@ -1094,19 +1110,15 @@ def _ray_worker(
 ) -> str:
     """A Ray task: one search worker (:func:`_optimise_folds`) on this node; returns its
     ``host:pid``."""
-    import io
-
-    bars = pl.read_ipc(io.BytesIO(bars_ipc))
-    predictions = pl.read_ipc(io.BytesIO(predictions_ipc)) if predictions_ipc else None
-    _optimise_folds(
-        bars,
-        SearchTemplate.model_validate_json(template_json),
-        SearchConfig.model_validate_json(config_json),
+    _shipped_worker(
+        bars_ipc,
+        template_json,
+        config_json,
         storage_url,
-        predictions,
+        predictions_ipc,
         worker,
         None,
-        stop=_PolledFlag(stop_actor),
+        _PolledFlag(stop_actor),
     )
     return worker_identity()
 
