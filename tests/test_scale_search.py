@@ -119,7 +119,7 @@ def test_a_plain_postgresql_url_uses_the_bundled_driver(postgres, database):
 def test_workers_of_three_machines_share_each_fold_study_and_stop_at_exactly_n_trials(
     database, tmp_path
 ):
-    n = 40
+    n = 100  # enough that no worker can finish the studies before the others have started
     workers = [
         spawn_worker(search_argv(tmp_path / f"m{k}", database, n), f"machine-{k}", tmp_path / "log")
         for k in range(3)
